@@ -1,0 +1,45 @@
+"""Every file in configs/ parses, and the reference config builds the 19.5M model from local files."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import LLAMA_TOKENIZER, ROOT, TINYSTORIES
+from tinystories.cli import cli_main
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert {"demo.yaml", "tinystories-20m.yaml"} <= {p.name for p in CONFIGS}
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_config_parses(config: Path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["fit", "--config", str(config), "--print_config"])
+    assert exit_.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["hidden_size"] == yaml.safe_load(config.read_text())["model"]["hidden_size"]
+
+
+def test_unknown_config_key_is_rejected(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  hidden_sise: 64\n")
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["fit", "--config", str(bad), "--print_config"])
+    assert exit_.value.code not in (0, None)
+
+
+def test_reference_config_builds_the_19_5m_model_offline(tmp_path):
+    cli = cli_main(["fit", "--config", str(ROOT / "configs" / "tinystories-20m.yaml"),
+                    "--data.dataset", str(TINYSTORIES), "--data.tokenizer", str(LLAMA_TOKENIZER),
+                    "--data.train_split", "train[:8]", "--data.val_split", "validation[:4]",
+                    "--trainer.default_root_dir", str(tmp_path), "--trainer.accelerator", "cpu"], run=False)
+    model = cli.model
+    assert model.num_parameters() == 19_532_032
+    assert (model.hparams.vocab_size, model.hparams.pad_token_id, model.hparams.eos_token_id) == (32000, 0, 2)
+    assert model.model.config.intermediate_size == 768
+    assert cli.datamodule.hparams.batch_size == 4 and cli.trainer.max_epochs == 2
+    assert cli.trainer.checkpoint_callback.save_top_k == 2

@@ -1,0 +1,57 @@
+import math
+
+import torch
+
+from tests.conftest import LLAMA_TOKENIZER
+from tinystories.data import collate
+from tinystories.model import TinyStoriesLM, mlp_size
+from tinystories.tokenizer import load_tokenizer
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=300)
+
+
+def test_reference_model_has_19_532_032_parameters_with_llama2_tokenizer():
+    tokenizer = load_tokenizer(str(LLAMA_TOKENIZER))
+    model = TinyStoriesLM(vocab_size=len(tokenizer))
+    assert model.model.config.intermediate_size == 768 == mlp_size(256)
+    assert model.model.config.num_key_value_heads == 8 and not model.model.config.tie_word_embeddings
+    assert model.num_parameters() == 19_532_032
+
+
+def test_mlp_size_rounds_8_thirds_up_to_128():
+    assert [mlp_size(h) for h in (32, 192, 256, 512)] == [128, 512, 768, 1408]
+
+
+def test_kaiming_uniform_init():
+    model = TinyStoriesLM(**TINY)
+    for name, param in model.model.named_parameters():
+        if param.dim() > 1:
+            bound = math.sqrt(2.0) * math.sqrt(3.0 / param.shape[1])  # leaky_relu(a=0) gain, fan_in
+            assert param.abs().max() <= bound + 1e-6, name
+            assert abs(param.std().item() - bound / math.sqrt(3)) < 0.1 * bound, name
+        else:
+            assert torch.all(param == 1.0), name  # RMSNorm weights keep their ones
+
+
+def test_left_padding_does_not_change_a_storys_loss():
+    torch.manual_seed(0)
+    model = TinyStoriesLM(**TINY).eval()
+    stories = [torch.randint(3, 300, (n,)).tolist() for n in (37, 5, 20)]
+    with torch.no_grad():
+        batch = collate([{"input_ids": s, "num_bytes": 0} for s in stories], pad_token_id=0)
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+        for row, story in enumerate(stories):
+            alone = collate([{"input_ids": story, "num_bytes": 0}], pad_token_id=0)
+            nats_alone, count = model.nats(alone)
+            n = len(story)
+            padded = torch.nn.functional.cross_entropy(logits[row, -n:-1], torch.tensor(story[1:]), reduction="sum")
+            torch.testing.assert_close(padded / (n - 1), nats_alone / count, rtol=0, atol=1e-5)
+
+
+def test_gradients_stay_finite_with_left_padding():
+    torch.manual_seed(0)
+    model = TinyStoriesLM(**TINY)
+    batch = collate([{"input_ids": [5] * n, "num_bytes": 0} for n in (30, 2)], pad_token_id=0)
+    nats, count = model.nats(batch)
+    (nats / count).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())

@@ -1,0 +1,108 @@
+"""End-to-end `fit` runs of a tiny model on the synthetic corpus: logs, checkpoints, resume, learning, DDP."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import ROOT, fit_args
+from tests.helpers import read_records
+from tinystories.cli import cli_main
+from tinystories.model import TinyStoriesLM
+
+
+def scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+@pytest.mark.slow
+def test_fit_writes_tensorboard_config_and_checkpoints(tmp_path, tiny_tokenizer_dir):
+    cli_main(fit_args(tmp_path, tiny_tokenizer_dir, "--trainer.max_steps", "7", "--trainer.val_check_interval", "3",
+                      "--trainer.check_val_every_n_epoch", "null", "--trainer.log_every_n_steps", "1"))
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert (run / "config.yaml").is_file()
+    logged = scalars(run)
+    assert {"train/loss", "val/loss", "val/ppl", "val/bpb", "lr"} <= set(logged)
+    # Every 3 steps and after the last one (TensorBoard steps count from 0).
+    assert [step for step, _ in logged["val/loss"]] == [2, 5, 6]
+    val_loss, val_ppl = logged["val/loss"][-1][1], logged["val/ppl"][-1][1]
+    assert val_ppl == pytest.approx(torch.exp(torch.tensor(val_loss)).item(), rel=1e-4)
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints and len(checkpoints) == 3  # 2 best by val/loss + last
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 7
+
+    model = TinyStoriesLM.load_from_checkpoint(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert model.hparams.vocab_size == 512 and model.hparams.hidden_size == 32  # linked from the tokenizer
+
+
+@pytest.mark.slow
+def test_resume_continues_at_saved_step_and_lr(tmp_path, tiny_tokenizer_dir, monkeypatch):
+    seen = []
+    original = TinyStoriesLM.training_step
+
+    def crash_at_step_6(self, batch, batch_idx):
+        seen.append((self.trainer.global_step, self.trainer.optimizers[0].param_groups[0]["lr"]))
+        if self.trainer.global_step == 6:
+            raise RuntimeError("simulated crash")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(TinyStoriesLM, "training_step", crash_at_step_6)
+    args = ("--trainer.max_steps", "10", "--trainer.val_check_interval", "4", "--trainer.check_val_every_n_epoch",
+            "null", "--model.warmup_steps", "2")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        cli_main(fit_args(tmp_path, tiny_tokenizer_dir, *args))
+    lr_at = dict(seen)
+    checkpoint = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 4
+
+    seen.clear()
+    monkeypatch.setattr(TinyStoriesLM, "training_step", lambda self, b, i: (
+        seen.append((self.trainer.global_step, self.trainer.optimizers[0].param_groups[0]["lr"])),
+        original(self, b, i))[1])
+    monkeypatch.chdir(tmp_path)
+    cli_main(["fit", "--config", "lightning_logs/version_0/config.yaml", "--ckpt_path", "last"])
+    assert [step for step, _ in seen] == list(range(4, 10))
+    assert seen[0][1] == lr_at[4] == checkpoint["lr_schedulers"][0]["_last_lr"][0]
+    assert (tmp_path / "lightning_logs/version_1/checkpoints/last.ckpt").is_file()  # the old run's files stay
+    assert (tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt").is_file()
+
+
+def test_ckpt_path_last_without_checkpoint_is_a_clear_error(tmp_path, tiny_tokenizer_dir, capsys):
+    with pytest.raises(SystemExit, match="no last.ckpt"):
+        cli_main(fit_args(tmp_path, tiny_tokenizer_dir, "--trainer.max_steps", "1", "--ckpt_path", "last"))
+
+
+@pytest.mark.slow
+def test_loss_falls_far_below_its_start_on_synthetic_stories(tmp_path, tiny_tokenizer_dir):
+    cli_main(fit_args(tmp_path, tiny_tokenizer_dir, "--trainer.max_steps", "150", "--trainer.val_check_interval",
+                      "150", "--trainer.check_val_every_n_epoch", "null", "--trainer.log_every_n_steps", "1",
+                      "--model.warmup_steps", "10", "--model.learning_rate", "1e-2"))
+    logged = scalars(tmp_path / "lightning_logs" / "version_0")
+    first_loss, final_val = logged["train/loss"][0][1], logged["val/loss"][-1][1]
+    assert first_loss > 6.0  # about ln(512) or more at Kaiming init
+    assert final_val < 0.55 * first_loss, (first_loss, final_val)
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_gives_ranks_different_samples(tmp_path, tiny_tokenizer_dir):
+    record = tmp_path / "records"
+    args = fit_args(tmp_path, tiny_tokenizer_dir, "--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
+                    "--trainer.check_val_every_n_epoch", "null", "--trainer.strategy", "ddp",
+                    "--trainer.callbacks+=tests.helpers.RecordBatches", f"--trainer.callbacks.out_dir={record}")
+    args[args.index("--trainer.devices") + 1] = "2"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "tinystories", *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = read_records(record, 0), read_records(record, 1)
+    assert len(rank0) == len(rank1) == 3 and rank0[0]["pid"] != rank1[0]["pid"]
+    samples0 = {tuple(s) for row in rank0 for s in row["samples"]}
+    samples1 = {tuple(s) for row in rank1 for s in row["samples"]}
+    assert samples0 and samples1 and not samples0 & samples1
+    assert list((tmp_path / "lightning_logs").iterdir()) == [tmp_path / "lightning_logs" / "version_0"]
+    assert (tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()

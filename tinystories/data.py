@@ -1,0 +1,205 @@
+"""The data module: stories from any source -> token ids (cached once) -> left-padded or packed batches.
+
+    dm = TinyStoriesData(dataset="../shared/data/tinystories", tokenizer="../shared/data/llama2-tokenizer")
+    dm.prepare_data(); dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))  # input_ids, attention_mask, position_ids, labels, num_bytes
+
+Each story is tokenized without special tokens, cut to its last `max_length - 1` tokens and ended with EOS.
+`prepare_data` writes the token ids to `<cache_dir>/tokenized/<hash>/` (hash of source, tokenizer and options)
+as memory-mapped Arrow; `setup` only loads them, so a second run starts without re-tokenizing.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+from functools import cached_property
+from pathlib import Path
+from typing import Optional
+
+import datasets
+import numpy as np
+import torch
+from filelock import FileLock
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from tinystories.sources import load_split, source_id
+from tinystories.tokenizer import cached_bpe, load_tokenizer, token_bytes
+
+CACHE_FORMAT = 2  # bump when the cached columns change
+MAP_BATCH = 1000  # stories per tokenizer call; packing keeps at most one partial block per such batch
+
+
+def default_cache_dir() -> Path:
+    if "TINYSTORIES_CACHE" in os.environ:
+        return Path(os.environ["TINYSTORIES_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tinystories"
+
+
+def fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class TinyStoriesData(LightningDataModule):
+    def __init__(
+        self,
+        dataset: str = "synthetic",
+        tokenizer: Optional[str] = None,
+        train_split: str = "train",
+        val_split: str = "validation",
+        max_length: int = 2048,
+        batch_size: int = 4,
+        packing: bool = False,
+        tokenizer_vocab_size: int = 4096,
+        synthetic_stories: int = 20_000,
+        num_workers: int = 0,
+        num_proc: Optional[int] = None,
+        cache_dir: Optional[str] = None,
+    ):
+        """Args:
+            dataset: Stories: a hub data set name, a local folder saved with `save_to_disk`, a local folder with
+                `train.*` and `valid.*` (`.txt` in the TinyStories release format, `.jsonl`, `.json`, `.parquet`
+                with a `text` field), or `synthetic` (a built-in seeded generator, no download).
+            tokenizer: A hub name or local folder for `AutoTokenizer.from_pretrained`. `null` trains a byte-level
+                BPE of `tokenizer_vocab_size` tokens on `train_split` of `dataset` on first use and caches it.
+            train_split: Training split in datasets split syntax, e.g. `train[:10%]`.
+            val_split: Validation split, e.g. `validation`.
+            max_length: Most tokens per sample: unpacked, a story keeps its last `max_length - 1` tokens, then
+                EOS; packed, the block length.
+            batch_size: Samples per device per step.
+            packing: Join training stories (each ending in EOS) and cut them into blocks of `max_length` tokens: no
+                padding, attention crosses story boundaries. Off: one story per sample, left-padded to the batch's
+                longest. Validation is never packed.
+            tokenizer_vocab_size: Vocabulary size of the tokenizer trained when `tokenizer` is null.
+            synthetic_stories: Training stories generated when `dataset` is `synthetic` (validation gets 1/20).
+            num_workers: DataLoader worker processes.
+            num_proc: Processes for tokenizing; null uses every core for large splits.
+            cache_dir: Where tokenized data and trained tokenizers go; default `$TINYSTORIES_CACHE` or
+                `~/.cache/tinystories`.
+        """
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size is {batch_size}; it must be at least 1")
+        if max_length < 2:
+            raise ValueError(f"data.max_length is {max_length}; it must be at least 2")
+        self.save_hyperparameters()
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.splits: dict[str, datasets.Dataset] = {}
+
+    @cached_property
+    def tokenizer(self):
+        name = self.hparams.tokenizer
+        if name is None:
+            key = fingerprint([source_id(self.hparams.dataset, self.hparams.train_split, self.hparams.synthetic_stories),
+                               self.hparams.tokenizer_vocab_size])
+            folder = self.cache_dir / "tokenizers" / f"bpe{self.hparams.tokenizer_vocab_size}-{key}"
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(folder) + ".lock"):  # DDP ranks on one machine train it once
+                name = str(cached_bpe(self.hparams.dataset, self.hparams.train_split, self.hparams.tokenizer_vocab_size,
+                                      self.hparams.synthetic_stories, folder))
+        return load_tokenizer(name)
+
+    # Linked into the model's config by the CLI, so they are never typed twice.
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
+    def bos_token_id(self) -> Optional[int]:
+        return self.tokenizer.bos_token_id
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    def cache_path(self, split: str) -> Path:
+        hp = self.hparams
+        key = fingerprint({
+            "format": CACHE_FORMAT,
+            "source": source_id(hp.dataset, split, hp.synthetic_stories),
+            "tokenizer": hashlib.sha256(self.tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
+            "eos": self.eos_token_id,
+            "max_length": hp.max_length,
+            "packing": self.packed(split),
+        })
+        return self.cache_dir / "tokenized" / key
+
+    def packed(self, split: str) -> bool:
+        # Validation is always one story per sample, so val/bpb scores every story from its first token.
+        return self.hparams.packing and split == self.hparams.train_split
+
+    def prepare_data(self) -> None:
+        for split in (self.hparams.train_split, self.hparams.val_split):
+            path = self.cache_path(split)
+            if not path.is_dir():
+                self.tokenize_split(split, path)
+
+    def tokenize_split(self, split: str, path: Path) -> None:
+        hp = self.hparams
+        texts = load_split(hp.dataset, split, hp.synthetic_stories)
+        num_proc = hp.num_proc if hp.num_proc is not None else (os.cpu_count() if len(texts) > 20_000 else None)
+        print(f"Tokenizing {len(texts):,} stories of {hp.dataset} ({split}) into {path} ...")
+        fn_kwargs = {"tokenizer": self.tokenizer, "max_length": hp.max_length, "packing": self.packed(split),
+                     "sizes": np.asarray(token_bytes(self.tokenizer), dtype=np.int64)}
+        ids = texts.map(tokenize_batch, batched=True, batch_size=MAP_BATCH, num_proc=num_proc,
+                        remove_columns=texts.column_names, fn_kwargs=fn_kwargs, desc="tokenize",
+                        features=datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
+                                                    "num_bytes": datasets.Value("int64")}))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
+        ids.save_to_disk(str(tmp))
+        tmp.rename(path)  # atomic: a crash mid-write leaves no half cache behind
+
+    def setup(self, stage: str) -> None:
+        for split in (self.hparams.train_split, self.hparams.val_split):
+            if split not in self.splits:
+                self.splits[split] = datasets.load_from_disk(str(self.cache_path(split))).with_format("numpy")
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader(self.splits[self.hparams.train_split], shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(self.splits[self.hparams.val_split], shuffle=False)
+
+    def loader(self, ds: datasets.Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(ds, batch_size=self.hparams.batch_size, shuffle=shuffle, collate_fn=self.collate,
+                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
+
+    def collate(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        return collate(samples, self.pad_token_id)
+
+
+def tokenize_batch(batch, tokenizer, max_length: int, packing: bool, sizes: np.ndarray):
+    ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+    eos = [tokenizer.eos_token_id]
+    # Packed stories may span blocks, so only the one-story-per-sample path cuts them.
+    ids = [x + eos for x in ids] if packing else [x[-(max_length - 1):] + eos for x in ids]
+    if packing:
+        flat = np.concatenate([np.asarray(x, dtype=np.int64) for x in ids])
+        ids = [flat[i:i + max_length] for i in range(0, len(flat), max_length)]
+        if len(ids[-1]) < 2:
+            ids.pop()  # a one-token tail predicts nothing; other partial blocks get left-padded
+    # Bytes of the text the targets cover (every token but the first of a sample): the bpb denominator.
+    num_bytes = [int(sizes[np.asarray(x[1:], dtype=np.int64)].sum()) for x in ids]
+    return {"input_ids": ids, "num_bytes": num_bytes}
+
+
+def collate(samples: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Left-pad to the longest sample: mask 0 and labels -100 on pads, positions counting from the first token."""
+    longest = max(len(s["input_ids"]) for s in samples)
+    input_ids = torch.full((len(samples), longest), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(samples), longest), dtype=torch.long)
+    for row, s in enumerate(samples):
+        n = len(s["input_ids"])
+        input_ids[row, longest - n:] = torch.as_tensor(s["input_ids"], dtype=torch.long)
+        attention_mask[row, longest - n:] = 1
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    num_bytes = torch.tensor([int(s["num_bytes"]) for s in samples], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+            "labels": labels, "num_bytes": num_bytes}

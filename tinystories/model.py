@@ -1,0 +1,139 @@
+"""The LightningModule: a `LlamaForCausalLM` built from hyperparameters, trained with AdamW and a cosine schedule.
+
+    model = TinyStoriesLM(vocab_size=32000)                       # the 19.5M reference model
+    model = TinyStoriesLM.load_from_checkpoint("last.ckpt")       # a checkpoint rebuilds itself
+
+The model knows nothing of data: vocab size and special-token ids are linked in from the tokenizer by the CLI.
+Validation reports `val/loss` (nats per token), `val/ppl` and `val/bpb` (bits per UTF-8 byte of validation
+text, comparable across tokenizers); sums are torchmetrics, so they are reduced across DDP ranks.
+"""
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torchmetrics import SumMetric
+from transformers import LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup
+
+
+def mlp_size(hidden_size: int, multiple_of: int = 128) -> int:
+    """LLaMA's SwiGLU width: 8/3 of the hidden size, rounded up to a multiple of `multiple_of` (256 -> 768)."""
+    return multiple_of * math.ceil(8 * hidden_size / 3 / multiple_of)
+
+
+def kaiming_init(model: torch.nn.Module) -> None:
+    """Kaiming uniform (fan_in, leaky_relu) on every weight with more than one dimension, zeros on biases."""
+    for name, param in model.named_parameters():
+        if param.dim() > 1:
+            torch.nn.init.kaiming_uniform_(param, mode="fan_in", nonlinearity="leaky_relu")
+        elif name.endswith("bias"):
+            torch.nn.init.zeros_(param)
+
+
+class TinyStoriesLM(LightningModule):
+    def __init__(
+        self,
+        vocab_size: int = 32000,
+        hidden_size: int = 256,
+        intermediate_size: Optional[int] = None,
+        num_hidden_layers: int = 4,
+        num_attention_heads: int = 16,
+        num_key_value_heads: int = 8,
+        max_position_embeddings: int = 2048,
+        rope_theta: float = 10000.0,
+        tie_word_embeddings: bool = False,
+        pad_token_id: int = 0,
+        bos_token_id: Optional[int] = 1,
+        eos_token_id: int = 2,
+        learning_rate: float = 1e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+    ):
+        """Args:
+            vocab_size: Tokens in the vocabulary (linked from the tokenizer by the CLI).
+            hidden_size: Width of the residual stream.
+            intermediate_size: SwiGLU width; null computes 8/3 x hidden_size rounded up to a multiple of 128.
+            num_hidden_layers: Transformer blocks.
+            num_attention_heads: Query heads.
+            num_key_value_heads: Key/value heads (fewer than query heads is grouped-query attention).
+            max_position_embeddings: Longest sequence the model is meant for.
+            rope_theta: RoPE base.
+            tie_word_embeddings: Share input and output embeddings.
+            pad_token_id: Padding id (linked from the tokenizer).
+            bos_token_id: Beginning-of-story id (linked from the tokenizer).
+            eos_token_id: End-of-story id (linked from the tokenizer).
+            learning_rate: AdamW peak learning rate.
+            weight_decay: AdamW weight decay.
+            betas: AdamW betas.
+            warmup_steps: Linear warmup steps before the cosine decay to zero at the run's last optimizer step.
+        """
+        super().__init__()
+        if learning_rate <= 0:
+            raise ValueError(f"model.learning_rate is {learning_rate}; it must be positive")
+        self.save_hyperparameters()
+        self.model = LlamaForCausalLM(self.llama_config())
+        kaiming_init(self.model)
+        self.val_nats, self.val_tokens, self.val_bytes = SumMetric(), SumMetric(), SumMetric()
+
+    def llama_config(self) -> LlamaConfig:
+        hp = self.hparams
+        return LlamaConfig(
+            vocab_size=hp.vocab_size,
+            hidden_size=hp.hidden_size,
+            intermediate_size=hp.intermediate_size or mlp_size(hp.hidden_size),
+            num_hidden_layers=hp.num_hidden_layers,
+            num_attention_heads=hp.num_attention_heads,
+            num_key_value_heads=hp.num_key_value_heads,
+            max_position_embeddings=hp.max_position_embeddings,
+            rope_theta=hp.rope_theta,
+            tie_word_embeddings=hp.tie_word_embeddings,
+            pad_token_id=hp.pad_token_id,
+            bos_token_id=hp.bos_token_id,
+            eos_token_id=hp.eos_token_id,
+        )
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+
+    def nats(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed next-token cross-entropy over the batch's real targets, and how many there are."""
+        logits = self(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+        targets = batch["labels"][:, 1:]
+        nats = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
+                               reduction="sum")
+        return nats, (targets != -100).sum()
+
+    def training_step(self, batch, batch_idx):
+        nats, count = self.nats(batch)
+        loss = nats / count
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        nats, count = self.nats(batch)
+        self.val_nats.update(nats)
+        self.val_tokens.update(count)
+        self.val_bytes.update(batch["num_bytes"].sum())
+
+    def on_validation_epoch_end(self):
+        nats, tokens, num_bytes = self.val_nats.compute(), self.val_tokens.compute(), self.val_bytes.compute()
+        loss = nats / tokens
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/ppl", torch.exp(loss))
+        self.log("val/bpb", nats / math.log(2) / num_bytes, prog_bar=True)
+        for metric in (self.val_nats, self.val_tokens, self.val_bytes):
+            metric.reset()
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.parameters(), lr=hp.learning_rate, betas=tuple(hp.betas),
+                                      weight_decay=hp.weight_decay)
+        total = int(self.trainer.estimated_stepping_batches)
+        schedule = get_cosine_schedule_with_warmup(optimizer, min(hp.warmup_steps, total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "lr"}}
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
