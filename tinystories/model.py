@@ -9,13 +9,15 @@ text, comparable across tokenizers); sums are torchmetrics, so they are reduced 
 """
 
 import math
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torchmetrics import SumMetric
 from transformers import LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup
+
+from tinystories.optim import MuonWithAdamW
 
 
 def mlp_size(hidden_size: int, multiple_of: int = 128) -> int:
@@ -51,6 +53,8 @@ class TinyStoriesLM(LightningModule):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
+        optimizer: Literal["adamw", "muon"] = "adamw",
+        muon_learning_rate: Optional[float] = None,
     ):
         """Args:
             vocab_size: Tokens in the vocabulary (linked from the tokenizer by the CLI).
@@ -69,6 +73,9 @@ class TinyStoriesLM(LightningModule):
             weight_decay: AdamW weight decay.
             betas: AdamW betas.
             warmup_steps: Linear warmup steps before the cosine decay to zero at the run's last optimizer step.
+            optimizer: `adamw` (the reference recipe), or `muon`: Muon on the hidden weight matrices and AdamW
+                (at `learning_rate`) on embeddings, head and norms; reaches a given loss in fewer steps (README).
+            muon_learning_rate: Muon's peak learning rate; null uses `learning_rate`.
         """
         super().__init__()
         if learning_rate <= 0:
@@ -129,11 +136,23 @@ class TinyStoriesLM(LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.AdamW(self.parameters(), lr=hp.learning_rate, betas=tuple(hp.betas),
+        if hp.optimizer == "muon":
+            optimizer = MuonWithAdamW(self.model.named_parameters(), lr=hp.learning_rate,
+                                      muon_lr=hp.muon_learning_rate or hp.learning_rate, betas=tuple(hp.betas),
                                       weight_decay=hp.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(self.parameters(), lr=hp.learning_rate, betas=tuple(hp.betas),
+                                          weight_decay=hp.weight_decay)
         total = int(self.trainer.estimated_stepping_batches)
         schedule = get_cosine_schedule_with_warmup(optimizer, min(hp.warmup_steps, total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "lr"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # For the model card (`export`): the latest validation metrics, and what turns steps into samples.
+        trainer = self.trainer
+        checkpoint["val_metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        checkpoint["train_shape"] = {"world_size": trainer.world_size,
+                                     "accumulate_grad_batches": trainer.accumulate_grad_batches}
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())

@@ -1,0 +1,62 @@
+import copy
+
+import pytest
+import torch
+from transformers import get_cosine_schedule_with_warmup
+
+from tinystories.model import TinyStoriesLM
+from tinystories.optim import MuonWithAdamW
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=300)
+
+
+def make(model):
+    optimizer = MuonWithAdamW(model.model.named_parameters(), lr=1e-2, muon_lr=5e-3, betas=(0.9, 0.95),
+                              weight_decay=0.0)
+    return optimizer, get_cosine_schedule_with_warmup(optimizer, 2, 10)
+
+
+def train_steps(model, optimizer, schedule, steps):
+    ids = torch.randint(3, 300, (2, 16))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids,
+             "position_ids": torch.arange(16).expand(2, 16)}
+    for _ in range(steps):
+        nats, count = model.nats(batch)
+        optimizer.zero_grad()
+        (nats / count).backward()
+        optimizer.step()
+        schedule.step()
+
+
+def test_muon_takes_hidden_matrices_and_adamw_the_rest():
+    model = TinyStoriesLM(**TINY)
+    optimizer, _ = make(model)
+    muon = {id(p) for g in optimizer.muon.param_groups for p in g["params"]}
+    adamw = {id(p) for g in optimizer.adamw.param_groups for p in g["params"]}
+    names = {id(p): n for n, p in model.model.named_parameters()}
+    assert not muon & adamw and len(muon | adamw) == len(names)
+    assert all(names[i].endswith(("proj.weight",)) for i in muon)
+    assert {names[i] for i in adamw} >= {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"}
+
+
+def test_schedule_reaches_both_and_state_round_trips():
+    torch.manual_seed(0)
+    model = TinyStoriesLM(**TINY)
+    optimizer, schedule = make(model)
+    train_steps(model, optimizer, schedule, 4)
+    factor = schedule.lr_lambdas[0](schedule.last_epoch)
+    assert 0 < factor < 1
+    assert [g["lr"] for g in optimizer.muon.param_groups + optimizer.adamw.param_groups] == pytest.approx(
+        [5e-3 * factor, 1e-2 * factor])
+
+    twin = TinyStoriesLM(**TINY)
+    twin.load_state_dict(model.state_dict())
+    twin_optimizer, twin_schedule = make(twin)
+    twin_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # as from a file: no shared buffers
+    twin_schedule.load_state_dict(schedule.state_dict())
+    torch.manual_seed(1)
+    train_steps(model, optimizer, schedule, 2)
+    torch.manual_seed(1)
+    train_steps(twin, twin_optimizer, twin_schedule, 2)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -1,0 +1,48 @@
+"""Muon for the hidden weight matrices with AdamW for the rest, as one optimizer Lightning can drive.
+
+    optimizer = MuonWithAdamW(model.named_parameters(), lr=1e-2, muon_lr=6e-3, betas=(0.9, 0.95), weight_decay=0.0)
+
+Muon (torch.optim.Muon) orthogonalizes each matrix's momentum update; with `adjust_lr_fn="match_rms_adamw"` its
+updates have AdamW's RMS, so AdamW-sized learning rates suit it. Embeddings, the output head and norm weights stay
+on AdamW, as Muon's authors advise. One schedule scales both learning rates. Measured on the demo model (README,
+"The demo on real stories"): after the same 400 steps, 1.108 bits per byte against AdamW's 1.218 at its best
+learning rate.
+"""
+
+from typing import Iterable
+
+import torch
+
+
+def is_hidden_matrix(name: str, param: torch.Tensor) -> bool:
+    return param.dim() == 2 and "embed_tokens" not in name and "lm_head" not in name
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    def __init__(self, named_params: Iterable[tuple[str, torch.Tensor]], lr: float, muon_lr: float,
+                 betas: tuple[float, float], weight_decay: float):
+        named = [(n, p) for n, p in named_params if p.requires_grad]
+        self.muon = torch.optim.Muon([p for n, p in named if is_hidden_matrix(n, p)], lr=muon_lr,
+                                     weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+        self.adamw = torch.optim.AdamW([p for n, p in named if not is_hidden_matrix(n, p)], lr=lr, betas=betas,
+                                       weight_decay=weight_decay)
+        # Share the two optimizers' param-group dicts, so LR schedules and gradient clipping reach both.
+        super().__init__([*self.muon.param_groups, *self.adamw.param_groups], defaults={})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+    def state_dict(self):
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict):
+        self.muon.load_state_dict(state_dict["muon"])
+        self.adamw.load_state_dict(state_dict["adamw"])
+        self.param_groups = [*self.muon.param_groups, *self.adamw.param_groups]  # loading made new group dicts
