@@ -18,6 +18,9 @@ def main() -> None:
     args = parser.parse_args()
     events = EventAccumulator(args.log_dir)
     events.Reload()
+    tags = set(events.Tags()["scalars"])
+    if not {"train/loss", "val/loss", "val/bpb"} <= tags:
+        raise SystemExit(f"error: {args.log_dir}: no train/loss and val/bpb yet; wait for a validation")
     train = events.Scalars("train/loss")
     if len(train) < 2:
         raise SystemExit(f"error: {args.log_dir}: fewer than 2 train/loss points; is it a finished run's folder?")

@@ -106,3 +106,21 @@ def test_ddp_on_two_cpu_processes_gives_ranks_different_samples(tmp_path, tiny_t
     assert samples0 and samples1 and not samples0 & samples1
     assert list((tmp_path / "lightning_logs").iterdir()) == [tmp_path / "lightning_logs" / "version_0"]
     assert (tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_muon_run_logs_both_learning_rates_and_resumes(tmp_path, tiny_tokenizer_dir, monkeypatch):
+    args = ("--model.optimizer", "muon", "--model.muon_learning_rate", "5e-3", "--trainer.max_steps", "4",
+            "--trainer.val_check_interval", "2", "--trainer.check_val_every_n_epoch", "null",
+            "--trainer.log_every_n_steps", "1")
+    cli_main(fit_args(tmp_path, tiny_tokenizer_dir, *args))
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert {"lr/muon", "lr/adamw"} <= set(scalars(run))
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"][0]
+    assert set(state) == {"muon", "adamw"} and state["muon"]["state"]  # momentum buffers saved
+
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main(["fit", "--config", str(run / "config.yaml"), "--ckpt_path", "last", "--trainer.max_steps", "6"])
+    assert cli.trainer.global_step == 6
+    muon_lr = scalars(tmp_path / "lightning_logs" / "version_1")["lr/muon"]
+    assert muon_lr[0][0] == 4 and muon_lr[0][1] < 5e-3

@@ -2,6 +2,8 @@
 
     python -m tinystories fit --config configs/demo.yaml
     python -m tinystories tokenizer --dataset synthetic --vocab_size 4096 --out_dir my-tokenizer
+    python -m tinystories generate --ckpt_path last.ckpt --prompt "Once upon a time" --prompt "Tom and Sam"
+    python -m tinystories export --ckpt_path last.ckpt --out_dir my-model
 """
 
 import sys
@@ -9,16 +11,35 @@ from typing import Optional
 
 from jsonargparse import auto_cli
 
-from tinystories import tokenizer
+from tinystories import export, generate, tokenizer
 
 # LightningCLI has no blessed way to add subcommands (Lightning issue #12438), so extra verbs are dispatched first.
-VERBS = {"tokenizer": tokenizer.main}
+VERBS = {"tokenizer": tokenizer.main, "generate": generate.main, "export": export.main}
+
+# jsonargparse keeps the last of a repeated option (lists grow with `--name+=VALUE`); these may be repeated.
+REPEATABLE = ("--prompt",)
+
+
+def append_repeats(args: list[str]) -> list[str]:
+    """`--prompt a --prompt b` -> `--prompt a --prompt+=b`, so every prompt is kept."""
+    out, seen, i = [], set(), 0
+    while i < len(args):
+        name, eq, value = args[i].partition("=")
+        if name in REPEATABLE and (eq or i + 1 < len(args)):
+            value, i = (value, i + 1) if eq else (args[i + 1], i + 2)
+            out += [f"{name}+={value}"] if name in seen else [name, value]
+            seen.add(name)
+        else:
+            seen.update([name[:-1]] if name.endswith("+") else [])  # `--prompt+=a` then `--prompt b` keeps both
+            out.append(args[i])
+            i += 1
+    return out
 
 
 def main(args: Optional[list[str]] = None) -> None:
     args = sys.argv[1:] if args is None else args
     if args and args[0] in VERBS:
-        auto_cli(VERBS, args=args, prog="python -m tinystories")
+        auto_cli(VERBS, args=append_repeats(args), prog="python -m tinystories")
     else:
         from tinystories.cli import cli_main
 

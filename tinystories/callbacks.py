@@ -4,9 +4,10 @@ At each validation, rank zero continues a few fixed prompts and logs them to Ten
 when `fit` ends they are printed with the final validation metrics. Configured under `samples:` in the YAML.
 """
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
+
+from tinystories.generate import sample_stories
 
 DEFAULT_PROMPTS = ("Once upon a time", "Lily and her dog", "One day, a little boy named Tom")
 
@@ -27,16 +28,10 @@ class SampleStories(Callback):
         self.seed = seed
         self.latest: list[str] = []
 
-    @torch.no_grad()
     def sample(self, pl_module: LightningModule, tokenizer) -> list[str]:
-        batch = tokenizer(self.prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        batch = {k: v.to(pl_module.device) for k, v in batch.items()}
-        with torch.random.fork_rng(devices=[]), torch.autocast(pl_module.device.type, enabled=False):
-            torch.manual_seed(self.seed)
-            out = pl_module.model.generate(**batch, do_sample=True, pad_token_id=tokenizer.pad_token_id,
-                                           eos_token_id=tokenizer.eos_token_id, **self.settings)
-        width = batch["input_ids"].shape[1]
-        return [p + tokenizer.decode(o[width:], skip_special_tokens=True) for p, o in zip(self.prompts, out)]
+        stories = sample_stories(pl_module.model, tokenizer, self.prompts, seed=self.seed,
+                                 batch_size=len(self.prompts), **self.settings)
+        return [story["prompt"] + story["completion"] for story in stories]
 
     @rank_zero_only
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -22,10 +22,11 @@ class MuonWithAdamW(torch.optim.Optimizer):
     def __init__(self, named_params: Iterable[tuple[str, torch.Tensor]], lr: float, muon_lr: float,
                  betas: tuple[float, float], weight_decay: float):
         named = [(n, p) for n, p in named_params if p.requires_grad]
-        self.muon = torch.optim.Muon([p for n, p in named if is_hidden_matrix(n, p)], lr=muon_lr,
-                                     weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
-        self.adamw = torch.optim.AdamW([p for n, p in named if not is_hidden_matrix(n, p)], lr=lr, betas=betas,
-                                       weight_decay=weight_decay)
+        # Group names label the learning rates in TensorBoard: lr/muon and lr/adamw.
+        self.muon = torch.optim.Muon([{"params": [p for n, p in named if is_hidden_matrix(n, p)], "name": "muon"}],
+                                     lr=muon_lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+        self.adamw = torch.optim.AdamW([{"params": [p for n, p in named if not is_hidden_matrix(n, p)],
+                                         "name": "adamw"}], lr=lr, betas=betas, weight_decay=weight_decay)
         # Share the two optimizers' param-group dicts, so LR schedules and gradient clipping reach both.
         super().__init__([*self.muon.param_groups, *self.adamw.param_groups], defaults={})
 

@@ -1,0 +1,214 @@
+"""`export`: a checkpoint becomes a Hugging Face folder that loads offline with the same logits; hub upload paths."""
+
+import json
+import os
+import subprocess
+import sys
+
+import huggingface_hub
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+from tests.conftest import ROOT, fit_args
+from tinystories.__main__ import main as run_verb
+from tinystories.cli import cli_main
+from tinystories.export import model_card
+from tinystories.generate import load, model_from_checkpoint, tokenizer_from_checkpoint
+from tinystories.model import TinyStoriesLM
+from tinystories.tokenizer import load_tokenizer
+
+TEXT = ["Once upon a time, there was a little girl named Lily.", "Tom"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, tiny_tokenizer_dir, cache_dir):
+    """30 steps of the tiny model, validated at the end (~2 s)."""
+    root = tmp_path_factory.mktemp("export-run")
+    cli_main(fit_args(root, tiny_tokenizer_dir, "--trainer.max_steps", "30", "--trainer.val_check_interval", "30",
+                      "--trainer.check_val_every_n_epoch", "null"))
+    return root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def exported(ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exported") / "tiny-stories"
+    out.mkdir()  # an existing empty folder is fine
+    run_verb(["export", "--ckpt_path", str(ckpt), "--out_dir", str(out), "--max_new_tokens", "300"])
+    return out
+
+
+def lightning_logits(ckpt, tokenizer) -> tuple[torch.Tensor, dict]:
+    module = TinyStoriesLM.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
+    batch = tokenizer(TEXT, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        return module(batch["input_ids"], batch["attention_mask"]), batch
+
+
+def test_checkpoint_carries_its_tokenizer_and_validation_metrics(ckpt, tiny_tokenizer_dir):
+    checkpoint = torch.load(ckpt, weights_only=True)
+    assert set(checkpoint["TinyStoriesData"]["tokenizer_files"]) == {"tokenizer.json", "tokenizer_config.json"}
+    rebuilt, original = tokenizer_from_checkpoint(checkpoint, ckpt), load_tokenizer(str(tiny_tokenizer_dir))
+    assert rebuilt(TEXT)["input_ids"] == original(TEXT)["input_ids"] and rebuilt.padding_side == "left"
+    assert rebuilt.pad_token_id == original.pad_token_id and rebuilt.eos_token_id == original.eos_token_id
+    metrics = checkpoint["val_metrics"]
+    assert set(metrics) == {"val/loss", "val/ppl", "val/bpb"}
+    state = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    assert metrics["val/loss"] == pytest.approx(float(state["current_score"]))
+    assert checkpoint["train_shape"] == {"world_size": 1, "accumulate_grad_batches": 1}
+
+
+def test_export_loads_offline_with_the_lightning_modules_logits(ckpt, exported):
+    names = {p.name for p in exported.iterdir()}
+    assert {"config.json", "model.safetensors", "generation_config.json", "README.md", "tokenizer.json",
+            "tokenizer_config.json"} <= names
+    tokenizer = AutoTokenizer.from_pretrained(exported)
+    model = AutoModelForCausalLM.from_pretrained(exported).eval()
+    expected, batch = lightning_logits(ckpt, tokenizer)
+    with torch.no_grad():
+        logits = model(**batch).logits
+    torch.testing.assert_close(logits, expected)
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token_id == model.config.pad_token_id == 0
+
+    generation = json.loads((exported / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == tokenizer.eos_token_id and generation["pad_token_id"] == 0
+    assert (generation["do_sample"], generation["temperature"], generation["top_k"], generation["top_p"],
+            generation["max_new_tokens"]) == (True, 0.8, 40, 0.95, 300)
+
+
+def test_model_card_states_what_the_checkpoint_records(ckpt, exported):
+    card = (exported / "README.md").read_text()
+    checkpoint = torch.load(ckpt, weights_only=True)
+    parameters = TinyStoriesLM.load_from_checkpoint(ckpt, weights_only=True).num_parameters()
+    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-generation\n")
+    assert f"A {parameters:,}-parameter LLaMA" in card and "| layers | 2 |" in card and "| hidden size | 32 |" in card
+    assert "Stories from `synthetic`: trained on split `train`, validated on `validation`" in card
+    # 30 steps x batch 8 x 1 device x 1 accumulation = 240 samples of at most 128 tokens.
+    assert "30 optimizer steps of 8 samples" in card and "240 samples" in card and "at most 30,720 tokens" in card
+    for name, value in checkpoint["val_metrics"].items():
+        assert f"{value:.4f}" in card, name
+    assert "bits per UTF-8 byte" in card and 'AutoModelForCausalLM.from_pretrained("tiny-stories")' in card
+
+
+def test_pipeline_writes_a_story(exported):
+    generator = pipeline("text-generation", model=str(exported), device="cpu")
+    story = generator("Once upon a time", max_new_tokens=20, do_sample=False)[0]["generated_text"]
+    assert story.startswith("Once upon a time") and len(story) > len("Once upon a time") + 5
+
+
+def test_compiled_runs_export_without_orig_mod_prefixes(ckpt, tmp_path):
+    checkpoint = torch.load(ckpt, weights_only=True)
+    # What `self.model = torch.compile(self.model)` saves: the wrapper's `_orig_mod.` in every key.
+    state = checkpoint["state_dict"]
+    checkpoint["state_dict"] = {k.replace("model.", "model._orig_mod.", 1): v for k, v in state.items()}
+    assert all("_orig_mod." in k for k in checkpoint["state_dict"])
+    compiled = tmp_path / "compiled.ckpt"
+    torch.save(checkpoint, compiled)
+    run_verb(["export", "--ckpt_path", str(compiled), "--out_dir", str(tmp_path / "out")])
+    assert not [k for k in load_file(tmp_path / "out" / "model.safetensors") if "_orig_mod" in k]
+    model, tokenizer = load(compiled)
+    expected, batch = lightning_logits(ckpt, tokenizer)
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, expected)
+        torch.testing.assert_close(exported(**batch).logits, expected)
+
+
+def test_older_checkpoints_fall_back_to_data_tokenizer_and_model_checkpoint_score(ckpt, tiny_tokenizer_dir):
+    checkpoint = torch.load(ckpt, weights_only=True)
+    # As saved before the data module stored its tokenizer and the model its validation metrics.
+    del checkpoint["TinyStoriesData"], checkpoint["val_metrics"], checkpoint["train_shape"]
+    tokenizer = tokenizer_from_checkpoint(checkpoint, ckpt)
+    assert tokenizer(TEXT)["input_ids"] == load_tokenizer(str(tiny_tokenizer_dir))(TEXT)["input_ids"]
+    card = model_card(checkpoint, model_from_checkpoint(checkpoint)[1], tokenizer, "old")
+    score = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("ModelCheckpoint"))["current_score"]
+    assert f"| loss (nats per token) | {float(score):.4f} |" in card and "perplexity" not in card
+    assert "Bits per byte were not recorded" in card and "30 steps of batch 8 per device (devices not recorded)" in card
+
+
+def test_refuses_a_non_empty_out_dir_without_touching_it(ckpt, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: (p.read_text(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    with pytest.raises(SystemExit, match="--out_dir .*taken exists and is not an empty folder"):
+        run_verb(["export", "--ckpt_path", str(ckpt), "--out_dir", str(out)])
+    assert {p.name: (p.read_text(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # no temporary folder left beside it
+    with pytest.raises(SystemExit, match="no such checkpoint file"):
+        run_verb(["export", "--ckpt_path", str(tmp_path / "none.ckpt"), "--out_dir", str(tmp_path / "new")])
+
+
+@pytest.mark.slow  # a fresh interpreter with its own HF_HOME: ~5 s
+def test_push_to_hub_without_a_token_fails_clearly_before_writing(ckpt, tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "HF_OIDC"))}
+    # Online mode so the token check is what stops it; an unroutable endpoint in case anything tried to connect.
+    env.update(PYTHONPATH=str(ROOT), HF_HOME=str(tmp_path / "hf-home"), HF_ENDPOINT="http://127.0.0.1:9")
+    done = subprocess.run([sys.executable, "-m", "tinystories", "export", "--ckpt_path", str(ckpt), "--out_dir",
+                           str(tmp_path / "out"), "--push_to_hub", "someone/tiny-stories"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: --push_to_hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN (nothing was written)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_push_to_hub_offline_mode_fails_clearly(ckpt, tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(SystemExit, match="HF_HUB_OFFLINE is set"):
+        run_verb(["export", "--ckpt_path", str(ckpt), "--out_dir", str(tmp_path / "out"), "--push_to_hub", "a/b"])
+    assert not (tmp_path / "out").exists()
+
+
+class FakeHfApi:
+    calls: list = []
+    fail: bool = False
+
+    def __init__(self, token=None):
+        self.calls.append(("init", token))
+
+    def create_repo(self, repo_id, **kwargs):
+        if self.fail:
+            raise ConnectionError("Failed to resolve huggingface.co\nmore detail")
+        self.calls.append(("create_repo", repo_id, kwargs))
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(("upload_folder", kwargs))
+
+
+def test_push_to_hub_creates_the_repo_and_uploads_the_folder(ckpt, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_fake")
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    FakeHfApi.calls = []
+    run_verb(["export", "--ckpt_path", str(ckpt), "--out_dir", str(tmp_path / "out"), "--push_to_hub", "me/tiny",
+              "--private", "true"])
+    assert FakeHfApi.calls[0] == ("init", "hf_fake")
+    assert FakeHfApi.calls[1] == ("create_repo", "me/tiny", {"private": True, "exist_ok": True, "repo_type": "model"})
+    upload = FakeHfApi.calls[2][1]
+    assert upload["repo_id"] == "me/tiny" and upload["folder_path"] == tmp_path / "out"
+    assert 'from_pretrained("me/tiny")' in (tmp_path / "out" / "README.md").read_text()
+    assert "Uploaded to https://huggingface.co/me/tiny" in capsys.readouterr().out
+
+    FakeHfApi.fail = True
+    try:
+        with pytest.raises(SystemExit, match=r"^error: --push_to_hub me/tiny: upload failed \(ConnectionError: "
+                                             r"Failed to resolve huggingface.co\); the export is in .*out2$"):
+            run_verb(["export", "--ckpt_path", str(ckpt), "--out_dir", str(tmp_path / "out2"), "--push_to_hub",
+                      "me/tiny"])
+    finally:
+        FakeHfApi.fail = False
+    assert (tmp_path / "out2" / "model.safetensors").is_file()  # the export stays for a later upload
+
+
+def test_export_help_lists_its_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_verb(["export", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for option, words in [("--ckpt_path", "Lightning checkpoint"), ("--out_dir", "nothing is overwritten"),
+                          ("--push_to_hub", "hub repository id"), ("--private", "private"),
+                          ("--max_new_tokens", "generation_config.json")]:
+        assert option in text and words in text, option
