@@ -11,7 +11,7 @@ from typing import Optional
 
 from jsonargparse import auto_cli
 
-from tinystories import export, generate, tokenizer
+from tinystories import InputError, export, generate, tokenizer
 
 # LightningCLI has no blessed way to add subcommands (Lightning issue #12438), so extra verbs are dispatched first.
 VERBS = {"tokenizer": tokenizer.main, "generate": generate.main, "export": export.main}
@@ -38,12 +38,15 @@ def append_repeats(args: list[str]) -> list[str]:
 
 def main(args: Optional[list[str]] = None) -> None:
     args = sys.argv[1:] if args is None else args
-    if args and args[0] in VERBS:
-        auto_cli(VERBS, args=append_repeats(args), prog="python -m tinystories")
-    else:
-        from tinystories.cli import cli_main
+    try:
+        if args and args[0] in VERBS:
+            auto_cli(VERBS, args=append_repeats(args), prog="python -m tinystories")
+        else:
+            from tinystories.cli import cli_main
 
-        cli_main(args)
+            cli_main(args)
+    except InputError as err:  # the user's file or option: one line that says what to do, not a traceback
+        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from filelock import FileLock
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from tinystories import InputError
 from tinystories.sources import load_split, source_id
 from tinystories.tokenizer import cached_bpe, load_tokenizer, token_bytes
 
@@ -80,9 +81,9 @@ class TinyStoriesData(LightningDataModule):
         """
         super().__init__()
         if batch_size < 1:
-            raise ValueError(f"data.batch_size is {batch_size}; it must be at least 1")
+            raise InputError(f"data.batch_size is {batch_size}; it must be at least 1")
         if max_length < 2:
-            raise ValueError(f"data.max_length is {max_length}; it must be at least 2")
+            raise InputError(f"data.max_length is {max_length}; it must be at least 2")
         self.save_hyperparameters()
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.splits: dict[str, datasets.Dataset] = {}

@@ -17,6 +17,7 @@ from lightning.pytorch import LightningModule
 from torchmetrics import SumMetric
 from transformers import LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup
 
+from tinystories import InputError
 from tinystories.optim import MuonWithAdamW
 
 
@@ -79,7 +80,7 @@ class TinyStoriesLM(LightningModule):
         """
         super().__init__()
         if learning_rate <= 0:
-            raise ValueError(f"model.learning_rate is {learning_rate}; it must be positive")
+            raise InputError(f"model.learning_rate is {learning_rate}; it must be positive")
         self.save_hyperparameters()
         self.model = LlamaForCausalLM(self.llama_config())
         kaiming_init(self.model)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import datasets
 
+from tinystories import InputError
+
 from tinystories.synthetic import SYNTHETIC_VERSION, generate_stories
 
 SYNTHETIC = "synthetic"
@@ -25,7 +27,7 @@ SYNTHETIC_VAL_FRACTION = 20  # validation gets 1/20 as many stories as train, fr
 SPLIT_RE = re.compile(r"^(\w+)(\[.*\])?$")
 
 
-class DataSourceError(ValueError):
+class DataSourceError(InputError):
     """Bad input in a data source; the message names the file or option and what to do."""
 
 
@@ -51,6 +53,13 @@ def local_file(folder: Path, split: str) -> Path:
     return found[0]
 
 
+def local_folder(dataset: str) -> Path:
+    folder = Path(dataset).expanduser()
+    if not folder.is_dir():
+        raise DataSourceError(f"data.dataset {dataset}: no such folder; give a local folder or a hub name")
+    return folder
+
+
 def is_saved_dataset(folder: Path) -> bool:
     return (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()
 
@@ -61,7 +70,7 @@ def source_id(dataset: str, split: str, synthetic_stories: int = 0) -> dict:
         return {"synthetic": SYNTHETIC_VERSION, "stories": synthetic_stories, "split": split}
     if not looks_like_path(dataset):
         return {"hub": dataset, "split": split}
-    folder = Path(dataset).expanduser().resolve()
+    folder = local_folder(dataset).resolve()
     files = sorted(folder.rglob("*")) if is_saved_dataset(folder) else [local_file(folder, split)]
     stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
     return {"local": str(folder), "files": stats, "split": split}
@@ -72,9 +81,7 @@ def load_split(dataset: str, split: str, synthetic_stories: int = 20_000) -> dat
     if dataset == SYNTHETIC:
         ds = synthetic_split(parse_split(split), synthetic_stories)
     elif looks_like_path(dataset):
-        folder = Path(dataset).expanduser()
-        if not folder.is_dir():
-            raise DataSourceError(f"data.dataset {dataset}: no such folder; give a local folder or a hub name")
+        folder = local_folder(dataset)
         ds = saved_split(folder, split) if is_saved_dataset(folder) else file_split(local_file(folder, split))
     else:
         ds = datasets.load_dataset(dataset, split=split)
@@ -125,9 +132,14 @@ def file_split(path: Path) -> datasets.Dataset:
     if path.suffix == ".txt":
         # A generator keeps memory flat on multi-GB release files; size and mtime in gen_kwargs refresh
         # datasets' cache when the file changes.
-        return datasets.Dataset.from_generator(
-            read_release_txt, gen_kwargs={"path": str(path), "size": stat.st_size, "mtime": stat.st_mtime_ns}
-        )
+        try:
+            return datasets.Dataset.from_generator(
+                read_release_txt, gen_kwargs={"path": str(path), "size": stat.st_size, "mtime": stat.st_mtime_ns}
+            )
+        except datasets.exceptions.DatasetGenerationError as err:  # datasets wraps our own message; unwrap it
+            if isinstance(err.__cause__, DataSourceError):
+                raise err.__cause__ from None
+            raise
     builder = "parquet" if path.suffix == ".parquet" else "json"
     try:
         return datasets.load_dataset(builder, data_files=str(path), split="train")

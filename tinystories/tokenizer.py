@@ -17,12 +17,13 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from tinystories import InputError
 from tinystories.sources import iter_texts, load_split
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
 
 
-class TokenizerError(ValueError):
+class TokenizerError(InputError):
     """A tokenizer that cannot be used; the message names it and says what to do."""
 
 
