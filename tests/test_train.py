@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.conftest import ROOT, fit_args
 from tests.helpers import read_records
+from tinystories.callbacks import flops_per_token
 from tinystories.cli import cli_main
 from tinystories.model import TinyStoriesLM
 
@@ -124,3 +125,16 @@ def test_muon_run_logs_both_learning_rates_and_resumes(tmp_path, tiny_tokenizer_
     assert cli.trainer.global_step == 6
     muon_lr = scalars(tmp_path / "lightning_logs" / "version_1")["lr/muon"]
     assert muon_lr[0][0] == 4 and muon_lr[0][1] < 5e-3
+
+
+@pytest.mark.slow
+def test_throughput_and_mfu_are_logged(tmp_path, tiny_tokenizer_dir):
+    cli = cli_main(fit_args(tmp_path, tiny_tokenizer_dir, "--trainer.max_steps", "6", "--trainer.log_every_n_steps",
+                            "2", "--trainer.val_check_interval", "3", "--trainer.check_val_every_n_epoch", "null",
+                            "--throughput.peak_flops", "1e12"))
+    logged = scalars(tmp_path / "lightning_logs" / "version_0")
+    tokens, samples, mfu = (logged[f"throughput/{k}"] for k in ("tokens_per_sec", "samples_per_sec", "mfu"))
+    assert [step for step, _ in tokens] == [2, 4, 6]
+    for (_, t), (_, s), (_, m) in zip(tokens, samples, mfu):
+        assert 0 < s < t  # a story is several tokens
+        assert m == pytest.approx(t * flops_per_token(cli.model, 128) / 1e12, rel=0.5)

@@ -1,9 +1,15 @@
-"""Sample stories during training, so a user sees the model learn to write.
+"""Callbacks the CLI always adds: sample stories, throughput, and a validation after the last step.
 
 At each validation, rank zero continues a few fixed prompts and logs them to TensorBoard as text (tab "TEXT");
-when `fit` ends they are printed with the final validation metrics. Configured under `samples:` in the YAML.
+when `fit` ends they are printed with the final validation metrics (`samples:` in the YAML). Tokens and samples
+per second, and MFU where the peak FLOP/s is known, are logged under `throughput/` (`throughput:` in the YAML).
 """
 
+import time
+from typing import Optional
+
+import torch
+from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -68,3 +74,59 @@ class ValidateAtEnd(Callback):
         last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs > 0
         if last_step or (last_epoch and epoch_loop.batch_progress.is_last_batch):
             trainer.should_stop = True
+
+
+class Throughput(Callback):
+    """Log real (non-pad) tokens and samples per second, and MFU where the device's peak FLOP/s is known.
+
+    Counts accumulate on the device and are read once per `trainer.log_every_n_steps`, so there is no per-step host
+    synchronisation; rates are averages over that window, summed over DDP ranks. FLOPs per token follow the PaLM
+    appendix: 6 x (parameters outside the input embedding) + 6 x layers x hidden x context (attention).
+    """
+
+    def __init__(self, peak_flops: Optional[float] = None):
+        """Args:
+            peak_flops: The device's peak FLOP/s at the training precision, per device; null asks Lightning's table
+                (CUDA GPUs it knows). MFU is logged only when one is known.
+        """
+        self.peak_flops = peak_flops
+        self.tokens: Optional[torch.Tensor] = None
+        self.samples = 0
+        self.start = self.validation_start = 0.0
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.tokens = torch.zeros((), dtype=torch.long, device=pl_module.device)
+        self.samples, self.start = 0, time.perf_counter()
+        if self.peak_flops is None and pl_module.device.type == "cuda":
+            self.peak_flops = get_available_flops(pl_module.device, torch.bfloat16 if "bf16" in str(
+                trainer.precision) else torch.float16 if "16" in str(trainer.precision) else torch.float32)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.validation_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.start += time.perf_counter() - self.validation_start  # rates count training time only
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        self.tokens += batch["attention_mask"].sum()
+        self.samples += batch["attention_mask"].shape[0]
+        if trainer.global_step % trainer.log_every_n_steps or not trainer.loggers:
+            return
+        elapsed, self.start = time.perf_counter() - self.start, time.perf_counter()
+        counts = torch.tensor([float(self.tokens), float(self.samples)], device=pl_module.device)
+        tokens, samples = trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        self.tokens.zero_()
+        self.samples = 0
+        metrics = {"throughput/tokens_per_sec": tokens / elapsed, "throughput/samples_per_sec": samples / elapsed}
+        if self.peak_flops:
+            flops = flops_per_token(pl_module, batch["input_ids"].shape[1]) * tokens / elapsed
+            metrics["throughput/mfu"] = flops / (self.peak_flops * trainer.world_size)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+
+def flops_per_token(pl_module: LightningModule, context: int) -> float:
+    config = pl_module.model.config
+    params = sum(p.numel() for n, p in pl_module.model.named_parameters() if "embed_tokens" not in n)
+    return 6 * params + 6 * config.num_hidden_layers * config.hidden_size * context

@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from tinystories.callbacks import SampleStories, ValidateAtEnd
+from tinystories.callbacks import SampleStories, Throughput, ValidateAtEnd
 from tinystories.data import TinyStoriesData
 from tinystories.model import TinyStoriesLM
 
@@ -52,6 +52,7 @@ class TinyStoriesCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(SampleStories, "samples")
+        parser.add_lightning_class_args(Throughput, "throughput")
         for field in ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id"):
             parser.link_arguments(f"data.{field}", f"model.{field}", apply_on="instantiate")
 
