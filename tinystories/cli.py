@@ -6,7 +6,8 @@
 
 What it adds to LightningCLI: the model's vocab size and special-token ids linked from the data module's
 tokenizer; default callbacks (checkpoints keeping the 2 best by `val/loss` plus `last.ckpt`, the learning-rate
-monitor, sample stories); `trainer.precision: null` picked for the hardware; `--ckpt_path last` found on disk.
+monitor, sample stories, throughput, a validation after the last step); `trainer.precision: null` picked for the
+hardware; `--ckpt_path last` found on disk.
 """
 
 import sys
