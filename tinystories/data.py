@@ -118,12 +118,17 @@ class TinyStoriesData(LightningDataModule):
     def eos_token_id(self) -> int:
         return self.tokenizer.eos_token_id
 
+    @cached_property
+    def tokenizer_fingerprint(self) -> str:
+        # LLaMA-2's tokenizer.json is 3.6 MB: serialise and hash it once, not per split and stage.
+        return hashlib.sha256(self.tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
+
     def cache_path(self, split: str) -> Path:
         hp = self.hparams
         key = fingerprint({
             "format": CACHE_FORMAT,
             "source": source_id(hp.dataset, split, hp.synthetic_stories),
-            "tokenizer": hashlib.sha256(self.tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
+            "tokenizer": self.tokenizer_fingerprint,
             "eos": self.eos_token_id,
             "max_length": hp.max_length,
             "packing": self.packed(split),
