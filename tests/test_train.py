@@ -1,5 +1,6 @@
 """End-to-end `fit` runs of a tiny model on the synthetic corpus: logs, checkpoints, resume, learning, DDP."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -10,7 +11,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.conftest import ROOT, fit_args
 from tests.helpers import read_records
+from tinystories import checkpoint_io
+from tinystories.__main__ import main
 from tinystories.callbacks import flops_per_token
+from tinystories.checkpoint_io import AtomicCheckpointIO
 from tinystories.cli import cli_main
 from tinystories.model import TinyStoriesLM
 
@@ -138,3 +142,26 @@ def test_throughput_and_mfu_are_logged(tmp_path, tiny_tokenizer_dir):
     for (_, t), (_, s), (_, m) in zip(tokens, samples, mfu):
         assert 0 < s < t  # a story is several tokens
         assert m == pytest.approx(t * flops_per_token(cli.model, 128) / 1e12, rel=0.5)
+
+
+@pytest.mark.slow
+def test_full_disk_while_saving_leaves_the_previous_checkpoint(tmp_path, tiny_tokenizer_dir, monkeypatch, capsys):
+    args = fit_args(tmp_path, tiny_tokenizer_dir, "--trainer.max_steps", "4", "--trainer.val_check_interval", "2",
+                    "--trainer.check_val_every_n_epoch", "null")
+    cli = cli_main(args)
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+
+    def full_disk(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", full_disk)
+    with pytest.raises(SystemExit, match="no space left on device.*resume with --ckpt_path last"):
+        main(["fit", "--config", str(last.parents[1] / "config.yaml"), "--ckpt_path", str(last),
+              "--trainer.max_steps", "6", "--checkpoint.dirpath", str(last.parent)])  # the same last.ckpt
+    assert last.read_bytes() == before
+    assert torch.load(last, weights_only=True)["global_step"] == 4
+    leftovers = [p.name for p in last.parent.iterdir() if p.name.endswith(".tmp")]
+    assert not leftovers

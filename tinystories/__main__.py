@@ -6,6 +6,7 @@
     python -m tinystories export --ckpt_path last.ckpt --out_dir my-model
 """
 
+import errno
 import sys
 from typing import Optional
 
@@ -47,6 +48,11 @@ def main(args: Optional[list[str]] = None) -> None:
             cli_main(args)
     except InputError as err:  # the user's file or option: one line that says what to do, not a traceback
         raise SystemExit(f"error: {err}") from None
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise SystemExit(f"error: no space left on device ({err}); files written before are intact (checkpoints "
+                         "are replaced atomically): free space, then resume with --ckpt_path last") from None
 
 
 if __name__ == "__main__":
