@@ -165,3 +165,24 @@ def test_full_disk_while_saving_leaves_the_previous_checkpoint(tmp_path, tiny_to
     assert torch.load(last, weights_only=True)["global_step"] == 4
     leftovers = [p.name for p in last.parent.iterdir() if p.name.endswith(".tmp")]
     assert not leftovers
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tiny_tokenizer_dir, monkeypatch):
+    original = TinyStoriesLM.training_step
+
+    def nan_from_step_3(self, batch, batch_idx):
+        loss = original(self, batch, batch_idx)
+        return loss * float("nan") if self.trainer.global_step >= 3 else loss
+
+    monkeypatch.setattr(TinyStoriesLM, "training_step", nan_from_step_3)
+    args = fit_args(tmp_path, tiny_tokenizer_dir, "--trainer.max_steps", "8", "--trainer.val_check_interval", "2",
+                    "--trainer.check_val_every_n_epoch", "null", "--trainer.log_every_n_steps", "50")
+    # The step that started at global_step 3 is the 4th; checkpoints count steps the same way (step=2: 2 done).
+    with pytest.raises(SystemExit, match="NaN or infinite at step 4; stopped before saving") as exit_:
+        main(args)
+    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert str(last) in str(exit_.value.code)
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["global_step"] == 2
+    assert all(torch.isfinite(w).all() for w in checkpoint["state_dict"].values() if w.is_floating_point())

@@ -13,6 +13,7 @@ from typing import Optional
 from jsonargparse import auto_cli
 
 from tinystories import InputError, export, generate, tokenizer
+from tinystories.callbacks import LossDiverged
 
 # LightningCLI has no blessed way to add subcommands (Lightning issue #12438), so extra verbs are dispatched first.
 VERBS = {"tokenizer": tokenizer.main, "generate": generate.main, "export": export.main}
@@ -46,7 +47,7 @@ def main(args: Optional[list[str]] = None) -> None:
             from tinystories.cli import cli_main
 
             cli_main(args)
-    except InputError as err:  # the user's file or option: one line that says what to do, not a traceback
+    except (InputError, LossDiverged) as err:  # one line that says what to do, not a traceback
         raise SystemExit(f"error: {err}") from None
     except OSError as err:
         if err.errno != errno.ENOSPC:

@@ -130,3 +130,42 @@ def flops_per_token(pl_module: LightningModule, context: int) -> float:
     config = pl_module.model.config
     params = sum(p.numel() for n, p in pl_module.model.named_parameters() if "embed_tokens" not in n)
     return 6 * params + 6 * config.num_hidden_layers * config.hidden_size * context
+
+
+class LossDiverged(RuntimeError):
+    """The training loss became NaN or infinite; `python -m tinystories` prints it as one line."""
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Stop the run when the training loss is NaN or infinite, before that model can be validated or checkpointed.
+
+    The first bad step (counted from 1, as checkpoints count steps) is recorded on the device (no per-step host synchronisation) and checked when the loss is
+    logged and before every validation, which is when checkpoints are written: `last.ckpt` stays the last good one.
+    """
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=pl_module.device)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        bad = ~torch.isfinite(loss.detach()) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, trainer.global_step, self.first_bad)
+        if trainer.global_step % trainer.log_every_n_steps == 0:
+            self.check(trainer)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking and hasattr(self, "first_bad"):
+            self.check(trainer)
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        if hasattr(self, "first_bad"):  # any checkpoint, whatever its cadence, is written only from good weights
+            self.check(trainer)
+
+    def check(self, trainer: Trainer) -> None:
+        step = int(trainer.strategy.reduce(self.first_bad.float(), reduce_op="max"))
+        if step >= 0:
+            last = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none yet"
+            raise LossDiverged(f"the training loss became NaN or infinite at step {step}; stopped before saving. "
+                               f"Last good checkpoint: {last}. Lower model.learning_rate or resume from it")

@@ -6,8 +6,8 @@
 
 What it adds to LightningCLI: the model's vocab size and special-token ids linked from the data module's
 tokenizer; default callbacks (checkpoints keeping the 2 best by `val/loss` plus `last.ckpt`, the learning-rate
-monitor, sample stories, throughput, a validation after the last step); atomic checkpoint writes; `trainer.precision: null` picked for the
-hardware; `--ckpt_path last` found on disk.
+monitor, sample stories, throughput, a validation after the last step, a stop on a NaN loss); atomic checkpoint
+writes; `trainer.precision: null` picked for the hardware; `--ckpt_path last` found on disk.
 """
 
 import sys
@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from tinystories.callbacks import SampleStories, Throughput, ValidateAtEnd
+from tinystories.callbacks import SampleStories, StopOnNonFiniteLoss, Throughput, ValidateAtEnd
 from tinystories.data import TinyStoriesData
 from tinystories.checkpoint_io import AtomicCheckpointIO
 from tinystories.model import TinyStoriesLM
@@ -62,7 +62,7 @@ class TinyStoriesCLI(LightningCLI):
         if not self._get(self.config_init, "trainer", default={}).get("plugins"):
             kwargs.setdefault("plugins", [AtomicCheckpointIO()])
         trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks.insert(0, ValidateAtEnd())
+        trainer.callbacks[:0] = [StopOnNonFiniteLoss(), ValidateAtEnd()]
         return trainer
 
     def before_instantiate_classes(self) -> None:
