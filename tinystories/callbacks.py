@@ -139,8 +139,9 @@ class LossDiverged(RuntimeError):
 class StopOnNonFiniteLoss(Callback):
     """Stop the run when the training loss is NaN or infinite, before that model can be validated or checkpointed.
 
-    The first bad step (counted from 1, as checkpoints count steps) is recorded on the device (no per-step host synchronisation) and checked when the loss is
-    logged and before every validation, which is when checkpoints are written: `last.ckpt` stays the last good one.
+    The first bad step (counted from 1, as checkpoints count steps) is recorded on the device, with no per-step host
+    synchronisation, and checked when the loss is logged, before every validation and before any checkpoint is
+    written: `last.ckpt` stays the last good one.
     """
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

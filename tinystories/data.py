@@ -180,8 +180,13 @@ class TinyStoriesData(LightningDataModule):
         return collate(samples, self.pad_token_id)
 
     def state_dict(self) -> dict:
-        """The tokenizer's files as text, so a checkpoint alone can be decoded (a 4k-token BPE's tokenizer.json is
-        266 kB, LLaMA-2's 3.6 MB, against about 235 MB of weights and AdamW state in a checkpoint of the 19.5M model).
+        return {"tokenizer_files": self.tokenizer_files}
+
+    @cached_property
+    def tokenizer_files(self) -> dict[str, str]:
+        """The tokenizer's files as text, serialised once and saved in every checkpoint, so a checkpoint alone can be
+        decoded (a 4k-token BPE's tokenizer.json is 266 kB, LLaMA-2's 3.6 MB, against about 235 MB of weights and
+        AdamW state in a checkpoint of the 19.5M model).
 
         Lightning stores this under `checkpoint["TinyStoriesData"]`; `generate` and `export` rebuild the tokenizer
         from it, as the folder it came from may be a cache that is gone. Binary files (a SentencePiece
@@ -195,7 +200,7 @@ class TinyStoriesData(LightningDataModule):
                     files[path.name] = path.read_text(encoding="utf-8")
                 except UnicodeDecodeError:
                     continue
-        return {"tokenizer_files": files}
+        return files
 
     def load_state_dict(self, state_dict: dict) -> None:
         # On resume the data module already has its tokenizer from `data.tokenizer`; the copy is for readers.
