@@ -32,8 +32,9 @@ def test_unknown_config_key_is_rejected(tmp_path):
     assert exit_.value.code not in (0, None)
 
 
-def test_reference_config_builds_the_19_5m_model_offline(tmp_path):
-    cli = cli_main(["fit", "--config", str(ROOT / "configs" / "tinystories-20m.yaml"),
+@pytest.mark.parametrize("name", ["tinystories-20m.yaml", "tinystories-20m-fast.yaml"])
+def test_reference_configs_build_the_19_5m_model_offline(name, tmp_path):
+    cli = cli_main(["fit", "--config", str(ROOT / "configs" / name),
                     "--data.dataset", str(TINYSTORIES), "--data.tokenizer", str(LLAMA_TOKENIZER),
                     "--data.train_split", "train[:8]", "--data.val_split", "validation[:4]",
                     "--trainer.default_root_dir", str(tmp_path), "--trainer.accelerator", "cpu"], run=False)
@@ -41,5 +42,17 @@ def test_reference_config_builds_the_19_5m_model_offline(tmp_path):
     assert model.num_parameters() == 19_532_032
     assert (model.hparams.vocab_size, model.hparams.pad_token_id, model.hparams.eos_token_id) == (32000, 0, 2)
     assert model.model.config.intermediate_size == 768
-    assert cli.datamodule.hparams.batch_size == 4 and cli.trainer.max_epochs == 2
-    assert cli.trainer.checkpoint_callback.save_top_k == 2
+    assert cli.trainer.max_epochs == 2 and cli.trainer.checkpoint_callback.save_top_k == 2
+    fast = name.endswith("-fast.yaml")  # the same model; only how it is fed and stepped differs
+    assert cli.datamodule.hparams.batch_size == (128 if fast else 4)
+    assert cli.datamodule.hparams.packing is fast and model.hparams.compile is fast
+
+
+def test_fit_help_describes_the_projects_options(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for description in ("Width of the residual stream.", "Samples per device per step.",
+                        "Story beginnings continued at each validation", "On a NaN or infinite training loss",
+                        "Write `last.ckpt` after every this many optimizer steps"):
+        assert description in shown

@@ -138,3 +138,31 @@ def test_tokenizing_in_several_processes_gives_the_same_ids(tiny_tokenizer_dir, 
     # Each process packs its own shard, so a shard boundary may add one partial block; the token stream is the same.
     assert [i for row in splits[0] for i in row] == [i for row in splits[1] for i in row]
     assert len(splits[0]) > 100 and 0 <= len(splits[1]) - len(splits[0]) <= 1
+
+
+def test_synthetic_split_is_written_to_arrow_under_the_given_cache(tmp_path):
+    from pathlib import Path
+
+    from tinystories.synthetic import generate_stories
+
+    # Not a Python list: at TinyStoriesV2 scale (2.7M stories) the corpus must stay on disk, memory-mapped.
+    ds = load_split("synthetic", "train", synthetic_stories=50, cache_dir=tmp_path)
+    assert ds.cache_files and all(Path(f["filename"]).is_relative_to(tmp_path) for f in ds.cache_files)
+    assert ds["text"] == list(generate_stories(50, seed=0))
+
+
+def test_tokenizing_leaves_only_the_cache_and_gives_the_direct_ids(tiny_tokenizer_dir, tmp_path):
+    from tinystories.synthetic import generate_stories
+
+    dm = TinyStoriesData(dataset="synthetic", tokenizer=str(tiny_tokenizer_dir), synthetic_stories=60,
+                         max_length=64, cache_dir=str(tmp_path))
+    dm.prepare_data()
+    dm.setup("fit")
+    # The stories' and the tokenizer's scratch Arrow files are gone; only the two saved splits remain.
+    names = {dm.cache_path("train").name, dm.cache_path("validation").name}
+    assert {p.name for p in (tmp_path / "tokenized").iterdir()} == names
+    sizes = torch.tensor(token_bytes(dm.tokenizer)).numpy()
+    direct = tokenize_batch({"text": list(generate_stories(60, seed=0))}, dm.tokenizer, max_length=64,
+                            packing=False, sizes=sizes)
+    assert [list(map(int, row)) for row in dm.splits["train"]["input_ids"]] == direct["input_ids"]
+    assert [int(n) for n in dm.splits["train"]["num_bytes"]] == direct["num_bytes"]

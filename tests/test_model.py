@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from tests.conftest import LLAMA_TOKENIZER
@@ -55,3 +56,17 @@ def test_gradients_stay_finite_with_left_padding():
     nats, count = model.nats(batch)
     (nats / count).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_compiled_training_keeps_checkpoint_keys_and_learns(tmp_path, tiny_tokenizer_dir):
+    from tests.conftest import fit_args
+    from tinystories.cli import cli_main
+
+    cli = cli_main(fit_args(tmp_path, tiny_tokenizer_dir, "--model.compile", "true", "--trainer.max_steps", "4",
+                            "--trainer.limit_val_batches", "2"))
+    assert "compiled" in cli.model.__dict__  # the training forward went through torch.compile
+    checkpoint = torch.load(next((tmp_path / "lightning_logs").glob("version_0/checkpoints/last.ckpt")),
+                            weights_only=True)
+    assert not any("_orig_mod" in key for key in checkpoint["state_dict"])
+    assert set(checkpoint["state_dict"]) == {f"model.{k}" for k in cli.model.model.state_dict()}

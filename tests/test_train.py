@@ -1,16 +1,15 @@
-"""End-to-end `fit` runs of a tiny model on the synthetic corpus: logs, checkpoints, resume, learning, DDP."""
+"""End-to-end `fit` runs of a tiny model on the synthetic corpus: logs, checkpoints, resume, learning.
+
+DDP runs are in test_ddp.py.
+"""
 
 import errno
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import ROOT, fit_args
-from tests.helpers import read_records
+from tests.conftest import fit_args
 from tinystories import checkpoint_io
 from tinystories.__main__ import main
 from tinystories.callbacks import flops_per_token
@@ -91,26 +90,6 @@ def test_loss_falls_far_below_its_start_on_synthetic_stories(tmp_path, tiny_toke
     first_loss, final_val = logged["train/loss"][0][1], logged["val/loss"][-1][1]
     assert first_loss > 6.0  # about ln(512) or more at Kaiming init
     assert final_val < 0.55 * first_loss, (first_loss, final_val)
-
-
-@pytest.mark.slow
-def test_ddp_on_two_cpu_processes_gives_ranks_different_samples(tmp_path, tiny_tokenizer_dir):
-    record = tmp_path / "records"
-    args = fit_args(tmp_path, tiny_tokenizer_dir, "--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
-                    "--trainer.check_val_every_n_epoch", "null", "--trainer.strategy", "ddp",
-                    "--trainer.callbacks+=tests.helpers.RecordBatches", f"--trainer.callbacks.out_dir={record}")
-    args[args.index("--trainer.devices") + 1] = "2"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "tinystories", *args], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rank0, rank1 = read_records(record, 0), read_records(record, 1)
-    assert len(rank0) == len(rank1) == 3 and rank0[0]["pid"] != rank1[0]["pid"]
-    samples0 = {tuple(s) for row in rank0 for s in row["samples"]}
-    samples1 = {tuple(s) for row in rank1 for s in row["samples"]}
-    assert samples0 and samples1 and not samples0 & samples1
-    assert list((tmp_path / "lightning_logs").iterdir()) == [tmp_path / "lightning_logs" / "version_0"]
-    assert (tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
 
 
 @pytest.mark.slow

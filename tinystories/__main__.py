@@ -10,10 +10,11 @@ import errno
 import sys
 from typing import Optional
 
-from jsonargparse import auto_cli
+from jsonargparse import ArgumentError, auto_cli
 
 from tinystories import InputError, export, generate, tokenizer
 from tinystories.callbacks import LossDiverged
+from tinystories.checks import one_line
 
 # LightningCLI has no blessed way to add subcommands (Lightning issue #12438), so extra verbs are dispatched first.
 VERBS = {"tokenizer": tokenizer.main, "generate": generate.main, "export": export.main}
@@ -42,13 +43,19 @@ def main(args: Optional[list[str]] = None) -> None:
     args = sys.argv[1:] if args is None else args
     try:
         if args and args[0] in VERBS:
-            auto_cli(VERBS, args=append_repeats(args), prog="python -m tinystories")
+            try:
+                auto_cli(VERBS, args=append_repeats(args), prog="python -m tinystories", exit_on_error=False)
+            except ArgumentError as err:  # jsonargparse would print the whole usage before it
+                raise SystemExit(f"error: {one_line(err)}; `python -m tinystories {args[0]} --help` lists the "
+                                 "options") from None
         else:
             from tinystories.cli import cli_main
 
             cli_main(args)
     except (InputError, LossDiverged) as err:  # one line that says what to do, not a traceback
         raise SystemExit(f"error: {err}") from None
+    except ArgumentError as err:  # a --ckpt_path's hyperparameters that this version's model does not take
+        raise SystemExit(f"error: {one_line(err)}") from None
     except OSError as err:
         if err.errno != errno.ENOSPC:
             raise

@@ -1,4 +1,5 @@
-"""Callbacks the CLI always adds: sample stories, throughput, and a validation after the last step.
+"""Callbacks the CLI always adds: sample stories, throughput, a validation after the last step, `last.ckpt` every N
+steps.
 
 At each validation, rank zero continues a few fixed prompts and logs them to TensorBoard as text (tab "TEXT");
 when `fit` ends they are printed with the final validation metrics (`samples:` in the YAML). Tokens and samples
@@ -6,13 +7,16 @@ per second, and MFU where the peak FLOP/s is known, are logged under `throughput
 """
 
 import time
-from typing import Optional
+from pathlib import Path
+from typing import Literal, Optional
 
 import torch
 from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
+from tinystories import InputError
 from tinystories.generate import sample_stories
 
 DEFAULT_PROMPTS = ("Once upon a time", "Lily and her dog", "One day, a little boy named Tom")
@@ -21,7 +25,9 @@ DEFAULT_PROMPTS = ("Once upon a time", "Lily and her dog", "One day, a little bo
 class SampleStories(Callback):
     def __init__(self, prompts: list[str] = list(DEFAULT_PROMPTS), max_new_tokens: int = 120,
                  temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, seed: int = 0):
-        """Args:
+        """Sample stories from fixed prompts at each validation.
+
+        Args:
             prompts: Story beginnings continued at each validation; empty to turn sampling off.
             max_new_tokens: Most tokens generated per prompt.
             temperature: Sampling temperature.
@@ -85,7 +91,9 @@ class Throughput(Callback):
     """
 
     def __init__(self, peak_flops: Optional[float] = None):
-        """Args:
+        """Throughput logging.
+
+        Args:
             peak_flops: The device's peak FLOP/s at the training precision, per device; null asks Lightning's table
                 (CUDA GPUs it knows). MFU is logged only when one is known.
         """
@@ -137,17 +145,64 @@ class LossDiverged(RuntimeError):
 
 
 class StopOnNonFiniteLoss(Callback):
-    """Stop the run when the training loss is NaN or infinite, before that model can be validated or checkpointed.
+    """Stop the run at a NaN or infinite training loss before those weights are validated or saved, or skip the batch.
 
-    The first bad step (counted from 1, as checkpoints count steps) is recorded on the device, with no per-step host
-    synchronisation, and checked when the loss is logged, before every validation and before any checkpoint is
-    written: `last.ckpt` stays the last good one.
+    `stop` records the first bad step (counted from 1, as checkpoints count steps) on the device, with no per-step
+    host synchronisation, and checks it when the loss is logged, before every validation and before any checkpoint
+    is written: `last.ckpt` stays the last good one. `skip` decides before each optimizer step whether any rank's
+    loss was bad; a bad step's gradients are dropped (`zero_grad(set_to_none=True)`), so the optimizer leaves the
+    weights and its state (moments, step count) as they were. Deciding needs one host sync per step, which the
+    default progress bar already makes each step to show the loss; the skip count is logged as
+    `train/skipped_batches`. Configured under `nonfinite_loss:` in the YAML.
     """
+
+    def __init__(self, action: Literal["stop", "skip"] = "stop", max_skips_in_a_row: int = 10):
+        """What to do on a NaN or infinite training loss.
+
+        Args:
+            action: On a NaN or infinite training loss, `stop` the run (the last good checkpoint stays intact), or
+                `skip` the batch: no change to weights or optimizer state; the learning-rate schedule and the step
+                count move on.
+            max_skips_in_a_row: With `skip`, stop anyway after this many bad batches in a row: then the model or
+                the data is broken, not one batch.
+        """
+        if max_skips_in_a_row < 1:
+            raise InputError(f"nonfinite_loss.max_skips_in_a_row is {max_skips_in_a_row}; it must be at least 1")
+        self.action, self.max_skips_in_a_row = action, max_skips_in_a_row
+        self.skipped = self.in_a_row = 0
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.first_bad = torch.full((), -1, dtype=torch.long, device=pl_module.device)
+        self.bad = torch.zeros((), dtype=torch.bool, device=pl_module.device)
+
+    def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None:
+        if self.action == "skip":
+            self.bad |= ~torch.isfinite(loss.detach())  # over accumulated batches until the optimizer step
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
+        if self.action != "skip":
+            return
+        # Every rank must agree: DDP has averaged the gradients, so one rank's NaN is in all of them.
+        bad = trainer.strategy.reduce(self.bad.float(), reduce_op="max").item() > 0
+        self.bad.zero_()
+        if not bad:
+            self.in_a_row = 0
+            return
+        optimizer.zero_grad(set_to_none=True)  # torch optimizers leave parameters without a gradient untouched
+        self.skipped, self.in_a_row, step = self.skipped + 1, self.in_a_row + 1, trainer.global_step + 1
+        if self.in_a_row >= self.max_skips_in_a_row:
+            raise LossDiverged(f"the training loss was NaN or infinite for {self.in_a_row} batches in a row (steps "
+                               f"{step - self.in_a_row + 1} to {step}, nonfinite_loss.max_skips_in_a_row); the "
+                               f"weights are those of step {step - self.in_a_row}. Last checkpoint: "
+                               f"{self.last_checkpoint(trainer)}. Check the data, or lower model.learning_rate")
+        if trainer.is_global_zero:
+            print(f"step {step}: training loss NaN or infinite; batch skipped, weights and optimizer state unchanged "
+                  f"({self.skipped} skipped so far)")
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        if self.action == "skip":
+            pl_module.log("train/skipped_batches", float(self.skipped))
+            return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is None:
             return
@@ -164,9 +219,43 @@ class StopOnNonFiniteLoss(Callback):
         if hasattr(self, "first_bad"):  # any checkpoint, whatever its cadence, is written only from good weights
             self.check(trainer)
 
+    @staticmethod
+    def last_checkpoint(trainer: Trainer) -> str:
+        # The newest `last.ckpt` of either writer: after validations (`checkpoint`) or every N steps (`last_checkpoint`).
+        paths = [p for p in (getattr(c, "last_model_path", "") for c in trainer.checkpoint_callbacks) if p]
+        return max(paths, key=lambda p: Path(p).stat().st_mtime if Path(p).exists() else 0.0, default="none yet")
+
     def check(self, trainer: Trainer) -> None:
+        if self.action == "skip":
+            return
         step = int(trainer.strategy.reduce(self.first_bad.float(), reduce_op="max"))
         if step >= 0:
-            last = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none yet"
             raise LossDiverged(f"the training loss became NaN or infinite at step {step}; stopped before saving. "
-                               f"Last good checkpoint: {last}. Lower model.learning_rate or resume from it")
+                               f"Last good checkpoint: {self.last_checkpoint(trainer)}. Lower model.learning_rate, "
+                               "resume from it, or set nonfinite_loss.action: skip")
+
+
+class PeriodicCheckpoint(ModelCheckpoint):
+    """Write `last.ckpt` every `every_n_train_steps` optimizer steps, validated or not, so a crash loses at most that
+    many steps (`last_checkpoint:` in the YAML).
+
+    The `checkpoint` group keeps the best by `val/loss`, which exists only after a validation; this one keeps no top-k
+    and monitors nothing, so a step save never ranks a stale metric. Both write the same `last.ckpt` (neither adds a
+    `-v1` suffix), so it is always the newest checkpoint of the run.
+    """
+
+    def __init__(self, every_n_train_steps: int = 0, dirpath: Optional[str] = None):
+        """
+        Args:
+            every_n_train_steps: Write `last.ckpt` after every this many optimizer steps; 0 turns it off (then it is
+                written only after validations).
+            dirpath: Folder of `last.ckpt`: linked from `checkpoint.dirpath` by the CLI.
+        """
+        super().__init__(dirpath=dirpath, monitor=None, save_top_k=0, save_last=True, enable_version_counter=False,
+                         every_n_train_steps=every_n_train_steps, every_n_epochs=0)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # ModelCheckpoint writes last.ckpt here when it has written none, e.g. a run shorter than N steps, after the
+        # loops have closed the epoch: resuming from it would start a new epoch. The `checkpoint` group has already
+        # written the final last.ckpt at the validation after the last step (ValidateAtEnd).
+        pass

@@ -5,9 +5,10 @@
     cli_main(["fit", "--config", "configs/demo.yaml", "--trainer.max_steps", "10"])            # from tests
 
 What it adds to LightningCLI: the model's vocab size and special-token ids linked from the data module's
-tokenizer; default callbacks (checkpoints keeping the 2 best by `val/loss` plus `last.ckpt`, the learning-rate
-monitor, sample stories, throughput, a validation after the last step, a stop on a NaN loss); atomic checkpoint
-writes; `trainer.precision: null` picked for the hardware; `--ckpt_path last` found on disk.
+tokenizer; default callbacks (checkpoints keeping the 2 best by `val/loss` plus `last.ckpt`, `last.ckpt` also every
+`last_checkpoint.every_n_train_steps` steps, the learning-rate monitor, sample stories, throughput, a validation
+after the last step, a stop on a NaN loss); atomic checkpoint writes; `trainer.precision: null` picked for the
+hardware; `--ckpt_path last` found on disk.
 """
 
 import sys
@@ -16,10 +17,12 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from tinystories.callbacks import SampleStories, StopOnNonFiniteLoss, Throughput, ValidateAtEnd
+from tinystories import checks
+from tinystories.callbacks import PeriodicCheckpoint, SampleStories, StopOnNonFiniteLoss, Throughput, ValidateAtEnd
 from tinystories.data import TinyStoriesData
 from tinystories.checkpoint_io import AtomicCheckpointIO
 from tinystories.model import TinyStoriesLM
@@ -32,6 +35,8 @@ CPU_BF16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_
 # Lightning's own deprecation and summary notices, which a user can do nothing about.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 warnings.filterwarnings("ignore", message="Precision bf16-mixed is not supported by the model summary")
+# Lightning looks for the loader's position in the loader itself; ours is in the data module's state (sampling.py).
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 def default_precision(accelerator: str) -> str:
@@ -50,11 +55,15 @@ class TinyStoriesCLI(LightningCLI):
             "checkpoint.save_last": True,
             "checkpoint.filename": "step={step}-val_loss={val/loss:.4f}",
             "checkpoint.auto_insert_metric_name": False,
+            "checkpoint.enable_version_counter": False,  # `last_checkpoint` writes the same last.ckpt, not last-v1
         })
+        parser.add_lightning_class_args(PeriodicCheckpoint, "last_checkpoint")
+        parser.link_arguments("checkpoint.dirpath", "last_checkpoint.dirpath")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(SampleStories, "samples")
         parser.add_lightning_class_args(Throughput, "throughput")
+        parser.add_lightning_class_args(StopOnNonFiniteLoss, "nonfinite_loss")  # stop (default) or skip
         for field in ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id"):
             parser.link_arguments(f"data.{field}", f"model.{field}", apply_on="instantiate")
 
@@ -62,8 +71,20 @@ class TinyStoriesCLI(LightningCLI):
         if not self._get(self.config_init, "trainer", default={}).get("plugins"):
             kwargs.setdefault("plugins", [AtomicCheckpointIO()])
         trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks[:0] = [StopOnNonFiniteLoss(), ValidateAtEnd()]
+        trainer.callbacks[:0] = [ValidateAtEnd()]
         return trainer
+
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        return super().init_parser(exit_on_error=False, **kwargs)  # errors come to parse_arguments, not a usage dump
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            raise SystemExit(f"error: {checks.option_error(str(err), parser, args)}") from None
+        # Before Lightning reads --ckpt_path (a bad file is a traceback there) and replaces the model options with
+        # its hyperparameters: before_fit compares the two.
+        self.given_model = checks.after_parse(self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -75,6 +96,7 @@ class TinyStoriesCLI(LightningCLI):
         if config.get("ckpt_path") == "last":
             config["ckpt_path"] = str(self.find_last_checkpoint())
             print(f"Resuming from {config['ckpt_path']}")
+        checks.before_fit(self, config)
 
     def find_last_checkpoint(self) -> Path:
         """`last.ckpt` beside the `--config` file (a run's saved config.yaml), else the newest under the logs."""

@@ -19,12 +19,15 @@ from typing import Optional
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
 import torch
 from filelock import FileLock
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from tinystories import InputError
+from tinystories.sampling import ResumableSampler
 from tinystories.sources import load_split, source_id
 from tinystories.tokenizer import cached_bpe, load_tokenizer, token_bytes
 
@@ -52,13 +55,16 @@ class TinyStoriesData(LightningDataModule):
         max_length: int = 2048,
         batch_size: int = 4,
         packing: bool = False,
+        group_by_length: bool = False,
         tokenizer_vocab_size: int = 4096,
         synthetic_stories: int = 20_000,
         num_workers: int = 0,
         num_proc: Optional[int] = None,
         cache_dir: Optional[str] = None,
     ):
-        """Args:
+        """Where stories come from and how they are batched.
+
+        Args:
             dataset: Stories: a hub data set name, a local folder saved with `save_to_disk`, a local folder with
                 `train.*` and `valid.*` (`.txt` in the TinyStories release format, `.jsonl`, `.json`, `.parquet`
                 with a `text` field), or `synthetic` (a built-in seeded generator, no download).
@@ -72,6 +78,9 @@ class TinyStoriesData(LightningDataModule):
             packing: Join training stories (each ending in EOS) and cut them into blocks of `max_length` tokens: no
                 padding, attention crosses story boundaries. Off: one story per sample, left-padded to the batch's
                 longest. Validation is never packed.
+            group_by_length: Unpacked only: batch training stories of similar length (shuffle, cut into groups of
+                50 batches, sort each group by length), so batches carry less padding; still one pass over every
+                story per epoch in a seeded order.
             tokenizer_vocab_size: Vocabulary size of the tokenizer trained when `tokenizer` is null.
             synthetic_stories: Training stories generated when `dataset` is `synthetic` (validation gets 1/20).
             num_workers: DataLoader worker processes.
@@ -84,9 +93,13 @@ class TinyStoriesData(LightningDataModule):
             raise InputError(f"data.batch_size is {batch_size}; it must be at least 1")
         if max_length < 2:
             raise InputError(f"data.max_length is {max_length}; it must be at least 2")
+        if group_by_length and packing:
+            raise InputError("data.group_by_length needs data.packing false: packed blocks all have max_length tokens")
         self.save_hyperparameters()
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.splits: dict[str, datasets.Dataset] = {}
+        self.train_sampler: Optional[ResumableSampler] = None
+        self.sampler_state: Optional[dict] = None  # a checkpoint's position, until the training loader is built
 
     @cached_property
     def tokenizer(self):
@@ -147,19 +160,24 @@ class TinyStoriesData(LightningDataModule):
 
     def tokenize_split(self, split: str, path: Path) -> None:
         hp = self.hparams
-        texts = load_split(hp.dataset, split, hp.synthetic_stories)
-        num_proc = hp.num_proc if hp.num_proc is not None else (os.cpu_count() if len(texts) > 20_000 else None)
-        print(f"Tokenizing {len(texts):,} stories of {hp.dataset} ({split}) into {path} ...")
-        fn_kwargs = {"tokenizer": self.tokenizer, "max_length": hp.max_length, "packing": self.packed(split),
-                     "sizes": np.asarray(token_bytes(self.tokenizer), dtype=np.int64)}
-        ids = texts.map(tokenize_batch, batched=True, batch_size=MAP_BATCH, num_proc=num_proc,
-                        remove_columns=texts.column_names, fn_kwargs=fn_kwargs, desc="tokenize",
-                        features=datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
-                                                    "num_bytes": datasets.Value("int64")}))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
-        ids.save_to_disk(str(tmp))
-        tmp.rename(path)  # atomic: a crash mid-write leaves no half cache behind
+        # Stories and token ids pass through Arrow files written in batches in a scratch folder (deleted after),
+        # never a Python list or an in-memory table, so memory does not grow with the corpus (2.2 GB of text for
+        # TinyStoriesV2 train); `python benchmarks/data_pipeline.py` measures it.
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}-work-") as work:
+            texts = load_split(hp.dataset, split, hp.synthetic_stories, cache_dir=work)
+            num_proc = hp.num_proc if hp.num_proc is not None else (os.cpu_count() if len(texts) > 20_000 else None)
+            print(f"Tokenizing {len(texts):,} stories of {hp.dataset} ({split}) into {path} ...")
+            fn_kwargs = {"tokenizer": self.tokenizer, "max_length": hp.max_length, "packing": self.packed(split),
+                         "sizes": np.asarray(token_bytes(self.tokenizer), dtype=np.int64)}
+            ids = texts.map(tokenize_batch, batched=True, batch_size=MAP_BATCH, num_proc=num_proc,
+                            remove_columns=texts.column_names, fn_kwargs=fn_kwargs, desc="tokenize",
+                            cache_file_name=str(Path(work) / "tokens.arrow"),
+                            features=datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
+                                                        "num_bytes": datasets.Value("int64")}))
+            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
+            ids.save_to_disk(str(tmp))
+            tmp.rename(path)  # atomic: a crash mid-write leaves no half cache behind
 
     def setup(self, stage: str) -> None:
         for split in (self.hparams.train_split, self.hparams.val_split):
@@ -167,20 +185,48 @@ class TinyStoriesData(LightningDataModule):
                 self.splits[split] = datasets.load_from_disk(str(self.cache_path(split))).with_format("numpy")
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader(self.splits[self.hparams.train_split], shuffle=True)
+        ds = self.splits[self.hparams.train_split]
+        trainer = self.trainer
+        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        # `seed_everything` (the CLI's `seed_everything`) sets PL_GLOBAL_SEED; Lightning's own sampler reads it too.
+        self.train_sampler = ResumableSampler(ds, self.hparams.batch_size, world_size, rank,
+                                              seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+                                              lengths=story_lengths(ds) if self.hparams.group_by_length else None)
+        if self.sampler_state is not None:
+            self.train_sampler.load_state_dict(self.sampler_state)
+            self.sampler_state = None
+        return self.loader(ds, shuffle=False, sampler=self.train_sampler)  # the sampler shuffles
 
     def val_dataloader(self) -> DataLoader:
-        return self.loader(self.splits[self.hparams.val_split], shuffle=False)
+        ds = self.splits[self.hparams.val_split]
+        shards = (self.trainer.distributed_sampler_kwargs if self.trainer else None) or {"num_replicas": 1}
+        if shards["num_replicas"] == 1:
+            return self.loader(ds, shuffle=False)
+        # Each story scored once over all ranks. Lightning's DistributedSampler would pad the split to a multiple of
+        # the world size with repeated stories, counted twice in val/loss and val/bpb. Ranks may then run one batch
+        # fewer, which is safe: validation has no per-batch collectives (DDP syncs buffers on the first forward only).
+        if len(ds) < shards["num_replicas"]:
+            raise InputError(f"data.val_split has {len(ds)} stories, fewer than the {shards['num_replicas']} processes")
+        return DataLoader(ds, batch_size=self.hparams.batch_size, collate_fn=self.collate,
+                          sampler=UnrepeatedDistributedSampler(ds, shuffle=False, **shards),
+                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
 
-    def loader(self, ds: datasets.Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=self.hparams.batch_size, shuffle=shuffle, collate_fn=self.collate,
+    def loader(self, ds: datasets.Dataset, shuffle: bool, sampler: Optional[ResumableSampler] = None) -> DataLoader:
+        return DataLoader(ds, batch_size=self.hparams.batch_size, shuffle=shuffle, sampler=sampler,
+                          collate_fn=self.collate,
                           num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
 
     def collate(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         return collate(samples, self.pad_token_id)
 
     def state_dict(self) -> dict:
-        return {"tokenizer_files": self.tokenizer_files}
+        state = {"tokenizer_files": self.tokenizer_files}
+        if self.train_sampler is not None and self.trainer is not None:
+            # Batches of this epoch the trainer has finished (optimizer step included), not what the loader has
+            # handed out: it runs ahead by Lightning's prefetch and by its workers'.
+            batches = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            state["sampler"] = self.train_sampler.state_dict(batches)
+        return state
 
     @cached_property
     def tokenizer_files(self) -> dict[str, str]:
@@ -204,7 +250,19 @@ class TinyStoriesData(LightningDataModule):
 
     def load_state_dict(self, state_dict: dict) -> None:
         # On resume the data module already has its tokenizer from `data.tokenizer`; the copy is for readers.
-        pass
+        # Lightning calls this before the trainer first asks for the training loader (even when the model's
+        # `configure_optimizers` reads `trainer.estimated_stepping_batches`), so the loader starts where it stopped.
+        self.sampler_state = state_dict.get("sampler")  # absent in checkpoints from before resumable sampling
+        if self.train_sampler is not None and self.sampler_state is not None:
+            # Strategies that restore after setup (FSDP, DeepSpeed) built the loader first; its iterator has not
+            # drawn from the sampler yet with num_workers 0 (untested here: CPU tests run single process and DDP).
+            self.train_sampler.load_state_dict(self.sampler_state)
+            self.sampler_state = None
+
+
+def story_lengths(ds: datasets.Dataset) -> np.ndarray:
+    """Tokens per sample, read from the Arrow list offsets without loading the ids."""
+    return pc.list_value_length(ds.with_format("arrow")[:]["input_ids"]).to_numpy()
 
 
 def tokenize_batch(batch, tokenizer, max_length: int, packing: bool, sizes: np.ndarray):

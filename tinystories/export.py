@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from tinystories import InputError
+from tinystories.checks import writable
 from tinystories.generate import generation_config, model_from_checkpoint, read_checkpoint, tokenizer_from_checkpoint
 
 # The reference recipe's sampling defaults, written to generation_config.json.
@@ -164,6 +166,10 @@ def check_out_dir(out_dir: Path) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise SystemExit(f"error: --out_dir {out_dir} exists and is not an empty folder; choose a new one "
                          "(nothing was written)")
+    try:
+        writable("--out_dir", out_dir)  # before the checkpoint is read and the model rebuilt
+    except InputError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def hub_token() -> str:

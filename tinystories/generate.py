@@ -13,12 +13,14 @@ state), so it needs nothing else.
 import json
 import random
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Literal, Optional, Union
 
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from tinystories.checks import one_line
 from tinystories.model import TinyStoriesLM
 from tinystories.tokenizer import load_tokenizer
 
@@ -33,7 +35,8 @@ def read_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated file, not a checkpoint, an unpickling error: all end the same way
-        raise SystemExit(f"error: --ckpt_path {path}: not a readable Lightning checkpoint ({err})") from err
+        why = one_line(err, 160) if zipfile.is_zipfile(path) else "truncated or not a checkpoint: no zip directory"
+        raise SystemExit(f"error: --ckpt_path {path}: not a readable Lightning checkpoint ({why})") from err
 
 
 def model_from_checkpoint(checkpoint: dict) -> tuple[TinyStoriesLM, PreTrainedModel]:

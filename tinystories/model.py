@@ -56,8 +56,11 @@ class TinyStoriesLM(LightningModule):
         warmup_steps: int = 0,
         optimizer: Literal["adamw", "muon"] = "adamw",
         muon_learning_rate: Optional[float] = None,
+        compile: bool = False,
     ):
-        """Args:
+        """The model's shape and its training.
+
+        Args:
             vocab_size: Tokens in the vocabulary (linked from the tokenizer by the CLI).
             hidden_size: Width of the residual stream.
             intermediate_size: SwiGLU width; null computes 8/3 x hidden_size rounded up to a multiple of 128.
@@ -77,6 +80,8 @@ class TinyStoriesLM(LightningModule):
             optimizer: `adamw` (the reference recipe), or `muon`: Muon on the hidden weight matrices and AdamW
                 (at `learning_rate`) on embeddings, head and norms; reaches a given loss in fewer steps (README).
             muon_learning_rate: Muon's peak learning rate; null uses `learning_rate`.
+            compile: `torch.compile` the model for training (pays on GPUs; on the 2-core CPU a demo step took 406 ms
+                compiled against 382 ms eager). Parameter names stay as they are, so checkpoints do not change.
         """
         super().__init__()
         if learning_rate <= 0:
@@ -103,8 +108,15 @@ class TinyStoriesLM(LightningModule):
             eos_token_id=hp.eos_token_id,
         )
 
+    def configure_model(self) -> None:
+        # Training steps only: validation batches and generation change shape at every call. Kept out of the
+        # module tree (no `_orig_mod.` in checkpoint keys): it shares the parameters of `self.model`.
+        if self.hparams.compile and "compiled" not in self.__dict__:
+            object.__setattr__(self, "compiled", torch.compile(self.model))
+
     def forward(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        model = self.__dict__.get("compiled", self.model) if self.training else self.model
+        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
 
     def nats(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed next-token cross-entropy over the batch's real targets, and how many there are."""

@@ -18,9 +18,12 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from tinystories import InputError
+from tinystories.checks import one_line
 from tinystories.sources import iter_texts, load_split
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
+# Files AutoTokenizer builds a tokenizer from; a folder with none of them is not a tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
 class TokenizerError(InputError):
@@ -28,21 +31,28 @@ class TokenizerError(InputError):
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    """AutoTokenizer with the recipe's conventions: left padding, pad = `<unk>` when it has no pad token."""
+    """AutoTokenizer with the recipe's conventions: left padding; no pad token: pad with `<unk>` and say so."""
     path = Path(name_or_path).expanduser()
     if name_or_path.startswith((".", "/", "~")) and not path.is_dir():
         raise TokenizerError(f"data.tokenizer {name_or_path}: no such folder; give a tokenizer folder or hub name")
+    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise TokenizerError(f"data.tokenizer {name_or_path}: no tokenizer files in this folder (tokenizer.json); "
+                             "give a folder written by save_pretrained or `python -m tinystories tokenizer`")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path) if path.is_dir() else name_or_path)
-    except (OSError, ValueError) as err:
-        raise TokenizerError(f"data.tokenizer {name_or_path}: cannot be loaded ({err}); check the folder or name") from err
+    except Exception as err:  # corrupt JSON is a ValueError, a JSON of the wrong shape a KeyError, ...
+        raise TokenizerError(f"data.tokenizer {name_or_path}: cannot be loaded ({type(err).__name__}: "
+                             f"{one_line(err, 160)}); re-save it with save_pretrained or give another one") from None
     if not tokenizer.is_fast:
         raise TokenizerError(f"data.tokenizer {name_or_path}: needs a fast tokenizer (tokenizer.json)")
     if tokenizer.eos_token_id is None:
         raise TokenizerError(f"data.tokenizer {name_or_path}: has no EOS token; stories must end with one")
     if tokenizer.pad_token is None:
         if tokenizer.unk_token is None:
-            raise TokenizerError(f"data.tokenizer {name_or_path}: has neither a pad nor an unk token to pad with")
+            raise TokenizerError(f"data.tokenizer {name_or_path}: has neither a pad nor an unk token to pad with; add "
+                                 "one (tokenizer.add_special_tokens({'pad_token': '<pad>'}), then save_pretrained)")
+        # Which id pads does not change training: pads are masked out of attention and loss. LLaMA-2's has no pad.
+        print(f"data.tokenizer {name_or_path}: no pad token; padding with its unk token {tokenizer.unk_token!r}")
         tokenizer.pad_token = tokenizer.unk_token
     tokenizer.padding_side = "left"
     return tokenizer
