@@ -74,7 +74,7 @@ def held_out_loss(model, valid, tokenizer, batch_size: int = 16) -> float:
         batch = collate([{"input_ids": x, "num_bytes": 0} for x in ids[i:i + batch_size]], tokenizer.pad_token_id)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        position_ids=batch["position_ids"]).logits
-        targets = batch["labels"][:, 1:]
+        targets = batch["labels"][:, 1:].masked_fill(batch["attention_mask"][:, :-1] == 0, -100)  # as model.nats
         nats += float(torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
                                                         ignore_index=-100, reduction="sum"))
         count += int((targets != -100).sum())
@@ -148,7 +148,7 @@ def run_ours(args, tokens: int, out: Path) -> dict:
         "--samples.prompts", "[]", *args.ours], run=False)
     data = cli.datamodule.hparams
     assert data.packing, "the equal-token count below assumes packed blocks, which are all real tokens"
-    cli.trainer.fit_loop.max_steps = max(WARMUP + 2, math.ceil(tokens / (data.max_length * data.batch_size)))
+    cli.trainer.fit_loop.epoch_loop.max_steps = max(WARMUP + 2, math.ceil(tokens / (data.max_length * data.batch_size)))
     # The same initial weights as the baseline: TinyStoriesLM seeds nothing itself, the CLI seeded 3407 before this.
     cli.model.model.load_state_dict(initial_model(cli.model.hparams.vocab_size, cli.datamodule.tokenizer).model
                                     .state_dict())

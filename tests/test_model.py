@@ -47,6 +47,26 @@ def test_left_padding_does_not_change_a_storys_loss():
             n = len(story)
             padded = torch.nn.functional.cross_entropy(logits[row, -n:-1], torch.tensor(story[1:]), reduction="sum")
             torch.testing.assert_close(padded / (n - 1), nats_alone / count, rtol=0, atol=1e-5)
+        # And the batch scores exactly each story's own targets: nothing is predicted from a pad.
+        nats, count = model.nats(batch)
+        alone = [model.nats(collate([{"input_ids": s, "num_bytes": 0}], pad_token_id=0)) for s in stories]
+        assert int(count) == sum(len(s) - 1 for s in stories)
+        torch.testing.assert_close(nats, sum(n for n, _ in alone), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_nats_is_fp32_cross_entropy_of_the_shifted_logits(autocast):
+    torch.manual_seed(0)
+    model = TinyStoriesLM(**TINY)
+    batch = collate([{"input_ids": torch.randint(3, 300, (n,)).tolist(), "num_bytes": 0} for n in (30, 7)], 0)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        nats, count = model.nats(batch)
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+    targets = batch["labels"][:, 1:].masked_fill(batch["attention_mask"][:, :-1] == 0, -100)
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
+                                                 ignore_index=-100, reduction="sum")
+    assert nats.dtype == torch.float32 and int(count) == 29 + 6  # no story's first token is a target
+    torch.testing.assert_close(nats, expected, rtol=1e-6, atol=1e-4)
 
 
 def test_gradients_stay_finite_with_left_padding():

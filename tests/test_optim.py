@@ -60,3 +60,51 @@ def test_schedule_reaches_both_and_state_round_trips():
     train_steps(twin, twin_optimizer, twin_schedule, 2)
     for a, b in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def configured(**hparams):
+    from types import SimpleNamespace
+
+    model = TinyStoriesLM(**TINY, **hparams)
+    model._trainer = SimpleNamespace(estimated_stepping_batches=20)  # what configure_optimizers reads
+    config = model.configure_optimizers()
+    return model, config["optimizer"], config["lr_scheduler"]["scheduler"]
+
+
+def learning_rates(optimizer, schedule, steps: int) -> list[list[float]]:
+    seen = []
+    for _ in range(steps):
+        seen.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        schedule.step()
+    return seen
+
+
+def test_wsd_holds_the_peak_then_decays_linearly_to_zero():
+    _, optimizer, schedule = configured(learning_rate=0.01, lr_schedule="wsd", decay_fraction=0.25, warmup_steps=4)
+    lrs = [lr[0] for lr in learning_rates(optimizer, schedule, 21)]
+    assert lrs[:5] == pytest.approx([0, 0.0025, 0.005, 0.0075, 0.01])  # warmup
+    assert lrs[4:15] == pytest.approx([0.01] * 11)                    # stable until the last 25% (5 of 20 steps)
+    assert lrs[15:] == pytest.approx([0.01, 0.008, 0.006, 0.004, 0.002, 0.0])
+
+
+@pytest.mark.parametrize("optimizer_name", ["adamw", "muon"])
+def test_embedding_gets_its_own_learning_rate(optimizer_name):
+    model, optimizer, schedule = configured(optimizer=optimizer_name, learning_rate=0.01, embedding_learning_rate=0.05)
+    names = {id(p): n for n, p in model.model.named_parameters()}
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert [names[id(p)] for p in groups["embedding"]["params"]] == ["model.embed_tokens.weight"]
+    assert "model.embed_tokens.weight" not in [names[id(p)] for p in groups["adamw"]["params"]]
+    assert {g["name"]: g["initial_lr"] for g in optimizer.param_groups if g["name"] != "muon"} == {
+        "embedding": 0.05, "adamw": 0.01}
+    optimizer.step()
+    schedule.step()  # the schedule scales every group by the same factor
+    factors = {g["name"]: g["lr"] / g["initial_lr"] for g in optimizer.param_groups}
+    assert len(set(factors.values())) == 1
+
+
+def test_zero_init_residual_starts_every_block_as_the_identity():
+    model = TinyStoriesLM(**TINY, zero_init_residual=True)
+    for name, param in model.model.named_parameters():
+        zero = name.endswith(("o_proj.weight", "down_proj.weight"))
+        assert bool((param == 0).all()) == zero, name

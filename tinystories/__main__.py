@@ -40,7 +40,7 @@ def append_repeats(args: list[str]) -> list[str]:
 
 
 def main(args: Optional[list[str]] = None) -> None:
-    args = sys.argv[1:] if args is None else args
+    given, args = args, sys.argv[1:] if args is None else args
     try:
         if args and args[0] in VERBS:
             try:
@@ -51,7 +51,7 @@ def main(args: Optional[list[str]] = None) -> None:
         else:
             from tinystories.cli import cli_main
 
-            cli_main(args)
+            cli_main(given)  # None: LightningCLI reads sys.argv itself (and warns when given both)
     except (InputError, LossDiverged) as err:  # one line that says what to do, not a traceback
         raise SystemExit(f"error: {err}") from None
     except ArgumentError as err:  # a --ckpt_path's hyperparameters that this version's model does not take

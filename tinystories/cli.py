@@ -81,7 +81,8 @@ class TinyStoriesCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
-            raise SystemExit(f"error: {checks.option_error(str(err), parser, args)}") from None
+            given = args if args is not None else sys.argv[1:]
+            raise SystemExit(f"error: {checks.option_error(str(err), parser, given)}") from None
         # Before Lightning reads --ckpt_path (a bad file is a traceback there) and replaces the model options with
         # its hyperparameters: before_fit compares the two.
         self.given_model = checks.after_parse(self.config)
@@ -116,5 +117,4 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True) -> TinyStoriesC
     """Parse `args` (default: the command line) and run the subcommand; `run=False` only builds the objects."""
     if not run:
         args = args[1:] if args and args[0] in ("fit", "validate", "test", "predict") else args
-    return TinyStoriesCLI(TinyStoriesLM, TinyStoriesData, seed_everything_default=3407, run=run,
-                          args=args if args is not None else sys.argv[1:])
+    return TinyStoriesCLI(TinyStoriesLM, TinyStoriesData, seed_everything_default=3407, run=run, args=args)

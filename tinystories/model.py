@@ -1,4 +1,4 @@
-"""The LightningModule: a `LlamaForCausalLM` built from hyperparameters, trained with AdamW and a cosine schedule.
+"""The LightningModule: a `LlamaForCausalLM` built from hyperparameters, trained with AdamW (or Muon) on a schedule.
 
     model = TinyStoriesLM(vocab_size=32000)                       # the 19.5M reference model
     model = TinyStoriesLM.load_from_checkpoint("last.ckpt")       # a checkpoint rebuilds itself
@@ -15,15 +15,22 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torchmetrics import SumMetric
-from transformers import LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup
+from transformers import LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup, get_wsd_schedule
 
 from tinystories import InputError
-from tinystories.optim import MuonWithAdamW
+from tinystories.optim import MuonWithAdamW, adamw_groups
 
 
 def mlp_size(hidden_size: int, multiple_of: int = 128) -> int:
     """LLaMA's SwiGLU width: 8/3 of the hidden size, rounded up to a multiple of `multiple_of` (256 -> 768)."""
     return multiple_of * math.ceil(8 * hidden_size / 3 / multiple_of)
+
+
+def zero_residual_outputs(model: torch.nn.Module) -> None:
+    """Zero each block's last projections (attention `o_proj`, MLP `down_proj`): every block starts as the identity."""
+    for name, param in model.named_parameters():
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            torch.nn.init.zeros_(param)
 
 
 def kaiming_init(model: torch.nn.Module) -> None:
@@ -56,6 +63,10 @@ class TinyStoriesLM(LightningModule):
         warmup_steps: int = 0,
         optimizer: Literal["adamw", "muon"] = "adamw",
         muon_learning_rate: Optional[float] = None,
+        embedding_learning_rate: Optional[float] = None,
+        lr_schedule: Literal["cosine", "wsd"] = "cosine",
+        decay_fraction: float = 0.4,
+        zero_init_residual: bool = False,
         compile: bool = False,
     ):
         """The model's shape and its training.
@@ -76,10 +87,17 @@ class TinyStoriesLM(LightningModule):
             learning_rate: AdamW peak learning rate.
             weight_decay: AdamW weight decay.
             betas: AdamW betas.
-            warmup_steps: Linear warmup steps before the cosine decay to zero at the run's last optimizer step.
+            warmup_steps: Linear warmup steps at the start of `lr_schedule`.
             optimizer: `adamw` (the reference recipe), or `muon`: Muon on the hidden weight matrices and AdamW
                 (at `learning_rate`) on embeddings, head and norms; reaches a given loss in fewer steps (README).
             muon_learning_rate: Muon's peak learning rate; null uses `learning_rate`.
+            embedding_learning_rate: AdamW's peak learning rate for the input embedding; null uses `learning_rate`.
+                Each row is updated only when its token occurs, so it can take a larger one (demo: 0.05).
+            lr_schedule: `cosine`: warmup, then cosine decay to zero at the run's last step (the recipe). `wsd`:
+                warmup, constant, then linear decay to zero over the last `decay_fraction` of the steps.
+            decay_fraction: With `wsd`, the share of the run spent decaying.
+            zero_init_residual: Start each block's output projections (`o_proj`, `down_proj`) at zero, so every
+                block begins as the identity; the rest keeps the Kaiming init.
             compile: `torch.compile` the model for training (pays on GPUs; on the 2-core CPU a demo step took 406 ms
                 compiled against 382 ms eager). Parameter names stay as they are, so checkpoints do not change.
         """
@@ -89,6 +107,8 @@ class TinyStoriesLM(LightningModule):
         self.save_hyperparameters()
         self.model = LlamaForCausalLM(self.llama_config())
         kaiming_init(self.model)
+        if zero_init_residual:
+            zero_residual_outputs(self.model)
         self.val_nats, self.val_tokens, self.val_bytes = SumMetric(), SumMetric(), SumMetric()
 
     def llama_config(self) -> LlamaConfig:
@@ -121,9 +141,15 @@ class TinyStoriesLM(LightningModule):
     def nats(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed next-token cross-entropy over the batch's real targets, and how many there are."""
         logits = self(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
-        targets = batch["labels"][:, 1:]
-        nats = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
-                               reduction="sum")
+        # Targets shifted left (the last position predicts nothing) rather than logits sliced: the logits are the
+        # largest tensor of a step (8 x 512 x 32,000 for the 19.5M model), and a slice or an explicit `.float()`
+        # copies them. Autocast computes cross-entropy in fp32 itself; only unscaled low precision needs the cast.
+        # A left-padded story's first token follows a pad: nothing predicts it (its bytes are not in num_bytes).
+        targets = batch["labels"][:, 1:].masked_fill(batch["attention_mask"][:, :-1] == 0, -100)
+        targets = F.pad(targets, (0, 1), value=-100)
+        if logits.dtype != torch.float32 and not torch.is_autocast_enabled(logits.device.type):
+            logits = logits.float()
+        nats = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
         return nats, (targets != -100).sum()
 
     def training_step(self, batch, batch_idx):
@@ -152,12 +178,20 @@ class TinyStoriesLM(LightningModule):
         if hp.optimizer == "muon":
             optimizer = MuonWithAdamW(self.model.named_parameters(), lr=hp.learning_rate,
                                       muon_lr=hp.muon_learning_rate or hp.learning_rate, betas=tuple(hp.betas),
-                                      weight_decay=hp.weight_decay)
+                                      weight_decay=hp.weight_decay, embedding_lr=hp.embedding_learning_rate)
         else:
-            optimizer = torch.optim.AdamW(self.parameters(), lr=hp.learning_rate, betas=tuple(hp.betas),
+            # One unnamed group logs as `lr`, as before; with an embedding rate, `lr/embedding` and `lr/adamw`.
+            params = (adamw_groups(self.model.named_parameters(), hp.embedding_learning_rate)
+                      if hp.embedding_learning_rate is not None else self.parameters())
+            optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, betas=tuple(hp.betas),
                                           weight_decay=hp.weight_decay)
         total = int(self.trainer.estimated_stepping_batches)
-        schedule = get_cosine_schedule_with_warmup(optimizer, min(hp.warmup_steps, total), total)
+        warmup = min(hp.warmup_steps, total)
+        if hp.lr_schedule == "wsd":
+            decay = min(round(hp.decay_fraction * total), total - warmup)
+            schedule = get_wsd_schedule(optimizer, warmup, decay, num_training_steps=total, decay_type="linear")
+        else:
+            schedule = get_cosine_schedule_with_warmup(optimizer, warmup, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "lr"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -9,7 +9,7 @@ on AdamW, as Muon's authors advise. One schedule scales both learning rates. Mea
 learning rate.
 """
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 
@@ -18,15 +18,24 @@ def is_hidden_matrix(name: str, param: torch.Tensor) -> bool:
     return param.dim() == 2 and "embed_tokens" not in name and "lm_head" not in name
 
 
+def adamw_groups(named_params: Iterable[tuple[str, torch.Tensor]], embedding_lr: Optional[float]) -> list[dict]:
+    """One group `adamw`, or with `embedding_lr` the input embedding apart as `embedding` (TensorBoard: lr/embedding)."""
+    named = [(n, p) for n, p in named_params if p.requires_grad]
+    if embedding_lr is None:
+        return [{"params": [p for _, p in named], "name": "adamw"}]
+    return [{"params": [p for n, p in named if "embed_tokens" in n], "name": "embedding", "lr": embedding_lr},
+            {"params": [p for n, p in named if "embed_tokens" not in n], "name": "adamw"}]
+
+
 class MuonWithAdamW(torch.optim.Optimizer):
     def __init__(self, named_params: Iterable[tuple[str, torch.Tensor]], lr: float, muon_lr: float,
-                 betas: tuple[float, float], weight_decay: float):
+                 betas: tuple[float, float], weight_decay: float, embedding_lr: Optional[float] = None):
         named = [(n, p) for n, p in named_params if p.requires_grad]
         # Group names label the learning rates in TensorBoard: lr/muon and lr/adamw.
         self.muon = torch.optim.Muon([{"params": [p for n, p in named if is_hidden_matrix(n, p)], "name": "muon"}],
                                      lr=muon_lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
-        self.adamw = torch.optim.AdamW([{"params": [p for n, p in named if not is_hidden_matrix(n, p)],
-                                         "name": "adamw"}], lr=lr, betas=betas, weight_decay=weight_decay)
+        self.adamw = torch.optim.AdamW(adamw_groups([(n, p) for n, p in named if not is_hidden_matrix(n, p)],
+                                                    embedding_lr), lr=lr, betas=betas, weight_decay=weight_decay)
         # Share the two optimizers' param-group dicts, so LR schedules and gradient clipping reach both.
         super().__init__([*self.muon.param_groups, *self.adamw.param_groups], defaults={})
 
