@@ -92,7 +92,7 @@ class TinyStoriesLM(LightningModule):
                 (at `learning_rate`) on embeddings, head and norms; reaches a given loss in fewer steps (README).
             muon_learning_rate: Muon's peak learning rate; null uses `learning_rate`.
             embedding_learning_rate: AdamW's peak learning rate for the input embedding; null uses `learning_rate`.
-                Each row is updated only when its token occurs, so it can take a larger one (demo: 0.05).
+                Each row is updated only when its token occurs, so it can take a larger one (demo: 0.2).
             lr_schedule: `cosine`: warmup, then cosine decay to zero at the run's last step (the recipe). `wsd`:
                 warmup, constant, then linear decay to zero over the last `decay_fraction` of the steps.
             decay_fraction: With `wsd`, the share of the run spent decaying.
@@ -104,6 +104,12 @@ class TinyStoriesLM(LightningModule):
         super().__init__()
         if learning_rate <= 0:
             raise InputError(f"model.learning_rate is {learning_rate}; it must be positive")
+        for name, value in (("muon_learning_rate", muon_learning_rate), ("embedding_learning_rate",
+                                                                          embedding_learning_rate)):
+            if value is not None and value <= 0:
+                raise InputError(f"model.{name} is {value}; it must be positive, or null for model.learning_rate")
+        if not 0 < decay_fraction <= 1:
+            raise InputError(f"model.decay_fraction is {decay_fraction}; it must be in (0, 1]")
         self.save_hyperparameters()
         self.model = LlamaForCausalLM(self.llama_config())
         kaiming_init(self.model)
