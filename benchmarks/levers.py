@@ -73,7 +73,8 @@ def run(dm: TinyStoriesData, overrides: dict, steps: int) -> tuple[float, float]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--dataset", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "tinystories"))
+    parser.add_argument("--dataset", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"
+                                                 / "tinystories"))
     parser.add_argument("--only", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     args = parser.parse_args()
     dm = TinyStoriesData(dataset=args.dataset, max_length=512, batch_size=8, packing=True)

@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from lightning.pytorch import Callback
 
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tinystories.cli import cli_main  # noqa: E402
-from tinystories.data import collate  # noqa: E402
+from tinystories.data import collate, tokenize_batch  # noqa: E402
 from tinystories.model import TinyStoriesLM  # noqa: E402
 from tinystories.sources import load_split  # noqa: E402
 from tinystories.tokenizer import load_tokenizer  # noqa: E402
@@ -64,21 +65,17 @@ def window_loss(losses: list[float], tokens: list[int], fraction: float = 0.1) -
 
 
 @torch.no_grad()
-def held_out_loss(model, valid, tokenizer, batch_size: int = 16) -> float:
-    """Nats per token of `model` on the held-out stories, one left-padded story per row, fp32."""
-    model.eval()
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"][-2047:] + [tokenizer.eos_token_id]
-           for t in valid["text"]]
+def held_out_loss(lm: TinyStoriesLM, valid, tokenizer, batch_size: int = 16) -> float:
+    """Nats per token of `lm` on the held-out stories, one left-padded story per row, fp32: `lm.nats`, as validation."""
+    lm.eval()
+    ids = tokenize_batch({"text": list(valid["text"])}, tokenizer, max_length=2048, packing=False,
+                         sizes=np.zeros(len(tokenizer), np.int64))  # bytes are not needed here
     nats = count = 0.0
-    for i in range(0, len(ids), batch_size):
-        batch = collate([{"input_ids": x, "num_bytes": 0} for x in ids[i:i + batch_size]], tokenizer.pad_token_id)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       position_ids=batch["position_ids"]).logits
-        targets = batch["labels"][:, 1:].masked_fill(batch["attention_mask"][:, :-1] == 0, -100)  # as model.nats
-        nats += float(torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
-                                                        ignore_index=-100, reduction="sum"))
-        count += int((targets != -100).sum())
-    model.train()
+    for i in range(0, len(ids["input_ids"]), batch_size):
+        rows = [{"input_ids": x, "num_bytes": 0} for x in ids["input_ids"][i:i + batch_size]]
+        batch_nats, batch_count = lm.nats(collate(rows, tokenizer.pad_token_id))
+        nats, count = nats + float(batch_nats), count + int(batch_count)
+    lm.train()
     return nats / count
 
 
@@ -113,7 +110,8 @@ def run_baseline(train, tokenizer, steps: int, out: Path) -> dict:
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
 
-    model = initial_model(len(tokenizer), tokenizer).model
+    lm = initial_model(len(tokenizer), tokenizer)
+    model = lm.model
     args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=4, learning_rate=1e-4,
                              lr_scheduler_type="cosine", weight_decay=0.0, max_steps=steps, logging_steps=1,
                              save_strategy="no", report_to="none", seed=SEED, use_cpu=True, disable_tqdm=True)
@@ -121,7 +119,7 @@ def run_baseline(train, tokenizer, steps: int, out: Path) -> dict:
                       callbacks=[Marks()])
     trainer.remove_callback(PrinterCallback)  # a dict per step on stdout
     trainer.train()
-    return summary("HF Trainer recipe", model, marks, seen, losses)
+    return summary("HF Trainer recipe", lm, marks, seen, losses)
 
 
 class Record(Callback):
@@ -155,7 +153,7 @@ def run_ours(args, tokens: int, out: Path) -> dict:
     record = Record()
     cli.trainer.callbacks.append(record)
     cli.trainer.fit(cli.model, cli.datamodule)
-    return summary("tinystories fit", cli.model.model, record.marks, record.seen, record.losses)
+    return summary("tinystories fit", cli.model, record.marks, record.seen, record.losses)
 
 
 def summary(name: str, model, marks, seen, losses) -> dict:
