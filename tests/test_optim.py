@@ -1,7 +1,9 @@
 import copy
+import io
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Timer
 from transformers import get_cosine_schedule_with_warmup
 
 from tinystories.model import TinyStoriesLM
@@ -108,3 +110,45 @@ def test_zero_init_residual_starts_every_block_as_the_identity():
     for name, param in model.model.named_parameters():
         zero = name.endswith(("o_proj.weight", "down_proj.weight"))
         assert bool((param == 0).all()) == zero, name
+
+
+class StoppedClock(Timer):
+    """Lightning's Timer with a hand-set elapsed time."""
+
+    def __init__(self, seconds: float):
+        super().__init__(duration={"seconds": seconds})
+        self.now = 0.0
+
+    def time_elapsed(self, stage="train") -> float:
+        return self.now
+
+
+def clocked_run(schedule_by_max_time: bool, clock: list[float]) -> list[float]:
+    """WSD over 20 steps (warmup 4, decay over the last 5) with a 100 s max_time; the clock reads `clock[step]`."""
+    from types import SimpleNamespace
+
+    model = TinyStoriesLM(**TINY, learning_rate=0.01, lr_schedule="wsd", decay_fraction=0.25, warmup_steps=4,
+                          schedule_by_max_time=schedule_by_max_time)
+    timer = StoppedClock(100)
+    model._trainer = SimpleNamespace(estimated_stepping_batches=20, callbacks=[timer],
+                                     strategy=SimpleNamespace(broadcast=lambda value: value))
+    config = model.configure_optimizers()
+    optimizer, schedule = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    lrs = []
+    for step, seconds in enumerate(clock):  # as Lightning orders it: batch start, optimizer step, schedule step
+        timer.now = seconds
+        model.on_train_batch_start(None, step)
+        optimizer.step()
+        schedule.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    torch.save(schedule.state_dict(), io.BytesIO())  # nothing of the trainer or the clock is in the schedule's state
+    return lrs
+
+
+def test_schedule_by_max_time_follows_the_clock_where_it_leads():
+    clock = [0, 0, 0, 80, 80, 90, 100]  # seconds of a 100 s max_time at the start of steps 0..6
+    # Steps 1-3: warmup on steps. Step 4 onward: 80% of the time is 16 of 20 steps, into the decay (steps 15-19).
+    assert clocked_run(True, clock) == pytest.approx([0.0025, 0.005, 0.0075, 0.008, 0.008, 0.004, 0.0])
+    assert clocked_run(False, clock) == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01, 0.01])
+    # Where steps lead, the clock changes nothing.
+    assert clocked_run(True, [1] * 7) == clocked_run(False, [1] * 7)

@@ -7,6 +7,7 @@ import errno
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Timer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import fit_args
@@ -74,6 +75,24 @@ def test_resume_continues_at_saved_step_and_lr(tmp_path, tiny_tokenizer_dir, mon
     assert seen[0][1] == lr_at[4] == checkpoint["lr_schedulers"][0]["_last_lr"][0]
     assert (tmp_path / "lightning_logs/version_1/checkpoints/last.ckpt").is_file()  # the old run's files stay
     assert (tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("by_time", [True, False])
+def test_max_time_stops_a_run_annealed_with_schedule_by_max_time(tmp_path, tiny_tokenizer_dir, monkeypatch, by_time):
+    # A machine at 6 s a step against a 60 s max_time and 20 steps: the time limit stops the run at step 10.
+    trainers = []
+    monkeypatch.setattr(Timer, "on_fit_start", lambda self, trainer, *a, **k: trainers.append(trainer))
+    monkeypatch.setattr(Timer, "time_elapsed", lambda self, stage="train": 6.0 * trainers[0].global_step if trainers else 0.0)
+    cli_main(fit_args(tmp_path, tiny_tokenizer_dir, "--trainer.max_steps", "20", "--trainer.max_time",
+                      "00:00:01:00", "--trainer.val_check_interval", "20", "--trainer.check_val_every_n_epoch",
+                      "null", "--model.lr_schedule", "wsd", "--model.decay_fraction", "0.5",
+                      "--model.schedule_by_max_time", str(by_time).lower()))
+    checkpoint = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 10
+    # The rate after step 10 follows the clock read at step 9's start: 54 of 60 s is 18 of 20 steps, 80% through
+    # the decay (steps 10-19). On steps alone, step 10 is where the decay begins.
+    assert checkpoint["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(3e-3 * (0.2 if by_time else 1.0))
 
 
 def test_ckpt_path_last_without_checkpoint_is_a_clear_error(tmp_path, tiny_tokenizer_dir, capsys):

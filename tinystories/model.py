@@ -9,15 +9,17 @@ text, comparable across tokenizers); sums are torchmetrics, so they are reduced 
 """
 
 import math
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import Timer
 from torchmetrics import SumMetric
 from transformers import LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup, get_wsd_schedule
 
 from tinystories import InputError
+from tinystories.loss import IGNORE_INDEX, linear_cross_entropy
 from tinystories.optim import MuonWithAdamW, adamw_groups
 
 
@@ -67,6 +69,7 @@ class TinyStoriesLM(LightningModule):
         lr_schedule: Literal["cosine", "wsd"] = "cosine",
         decay_fraction: float = 0.4,
         zero_init_residual: bool = False,
+        schedule_by_max_time: bool = False,
         compile: bool = False,
     ):
         """The model's shape and its training.
@@ -98,6 +101,11 @@ class TinyStoriesLM(LightningModule):
             decay_fraction: With `wsd`, the share of the run spent decaying.
             zero_init_residual: Start each block's output projections (`o_proj`, `down_proj`) at zero, so every
                 block begins as the identity; the rest keeps the Kaiming init.
+            schedule_by_max_time: With `trainer.max_time`, the schedule follows whichever is further along, steps
+                (done / max_steps) or time (elapsed / max_time), so a run that the time limit stops has still warmed
+                up and decayed to zero by then (the demo on a slower machine: fewer steps, fully annealed). The
+                learning rate then depends on the machine's speed wherever time leads. Under DDP rank 0's clock is
+                used. Without `trainer.max_time` it changes nothing.
             compile: `torch.compile` the model for training (pays on GPUs; on the 2-core CPU a demo step took 406 ms
                 compiled against 382 ms eager). Parameter names stay as they are, so checkpoints do not change.
         """
@@ -111,6 +119,7 @@ class TinyStoriesLM(LightningModule):
         if not 0 < decay_fraction <= 1:
             raise InputError(f"model.decay_fraction is {decay_fraction}; it must be in (0, 1]")
         self.save_hyperparameters()
+        self.time_progress = 0.0  # elapsed / max_time, with schedule_by_max_time: set before each training step
         self.model = LlamaForCausalLM(self.llama_config())
         kaiming_init(self.model)
         if zero_init_residual:
@@ -138,25 +147,25 @@ class TinyStoriesLM(LightningModule):
         # Training steps only: validation batches and generation change shape at every call. Kept out of the
         # module tree (no `_orig_mod.` in checkpoint keys): it shares the parameters of `self.model`.
         if self.hparams.compile and "compiled" not in self.__dict__:
-            object.__setattr__(self, "compiled", torch.compile(self.model))
+            object.__setattr__(self, "compiled", torch.compile(self.model.model))
+
+    def hidden(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
+        """The last hidden states (after the final norm): what the output head turns into logits."""
+        body = self.__dict__.get("compiled", self.model.model) if self.training else self.model.model
+        return body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
 
     def forward(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
-        model = self.__dict__.get("compiled", self.model) if self.training else self.model
-        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        return self.model.lm_head(self.hidden(input_ids, attention_mask, position_ids))
 
     def nats(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed next-token cross-entropy over the batch's real targets, and how many there are."""
-        logits = self(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
-        # Targets shifted left (the last position predicts nothing) rather than logits sliced: the logits are the
-        # largest tensor of a step (8 x 512 x 32,000 for the 19.5M model), and a slice or an explicit `.float()`
-        # copies them. Autocast computes cross-entropy in fp32 itself; only unscaled low precision needs the cast.
-        # A left-padded story's first token follows a pad: nothing predicts it (its bytes are not in num_bytes).
-        targets = batch["labels"][:, 1:].masked_fill(batch["attention_mask"][:, :-1] == 0, -100)
-        targets = F.pad(targets, (0, 1), value=-100)
-        if logits.dtype != torch.float32 and not torch.is_autocast_enabled(logits.device.type):
-            logits = logits.float()
-        nats = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
-        return nats, (targets != -100).sum()
+        hidden = self.hidden(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+        # Targets shifted left (the last position predicts nothing). The head and the loss run fused, a chunk of
+        # rows at a time (`tinystories/loss.py`): the full logits (8 x 512 x 32,000 for the 19.5M model) are never
+        # made. A left-padded story's first token follows a pad: nothing predicts it (its bytes are not in num_bytes).
+        targets = batch["labels"][:, 1:].masked_fill(batch["attention_mask"][:, :-1] == 0, IGNORE_INDEX)
+        targets = F.pad(targets, (0, 1), value=IGNORE_INDEX)
+        return linear_cross_entropy(hidden, self.model.lm_head.weight, targets), (targets != IGNORE_INDEX).sum()
 
     def training_step(self, batch, batch_idx):
         nats, count = self.nats(batch)
@@ -198,7 +207,26 @@ class TinyStoriesLM(LightningModule):
             schedule = get_wsd_schedule(optimizer, warmup, decay, num_training_steps=total, decay_type="linear")
         else:
             schedule = get_cosine_schedule_with_warmup(optimizer, warmup, total)
+        if hp.schedule_by_max_time and self.timer() is not None:
+            schedule.lr_lambdas = [self.clocked(factor, total) for factor in schedule.lr_lambdas]
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "lr"}}
+
+    def timer(self) -> Optional[Timer]:
+        """Lightning's `Timer` callback, which `trainer.max_time` adds (its elapsed time survives a resume)."""
+        return next((c for c in self.trainer.callbacks if isinstance(c, Timer) and c.time_remaining() is not None),
+                    None)
+
+    def clocked(self, factor: Callable[[int], float], total: int) -> Callable[[int], float]:
+        # A plain function, so LambdaLR's state_dict leaves it out (it saves callable objects' attributes).
+        def at(step: int) -> float:
+            return factor(max(step, self.time_progress * total))
+        return at
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        if self.hparams.schedule_by_max_time and (timer := self.timer()) is not None:
+            elapsed = timer.time_elapsed()
+            progress = min(1.0, elapsed / max(elapsed + timer.time_remaining(), 1e-9))
+            self.time_progress = self.trainer.strategy.broadcast(progress)  # every rank steps with rank 0's rate
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # For the model card (`export`): the latest validation metrics, and what turns steps into samples.

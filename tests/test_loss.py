@@ -1,0 +1,82 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinystories import loss
+from tinystories.loss import linear_cross_entropy
+
+
+def reference(hidden, weight, targets):
+    return F.cross_entropy(F.linear(hidden, weight).flatten(0, -2).float(), targets.flatten(), ignore_index=-100,
+                           reduction="sum")
+
+
+def inputs(n=45, d=16, vocab=50, dtype=torch.float32, scale=1.0):
+    torch.manual_seed(0)
+    hidden = (torch.randn(3, n, d, dtype=dtype) * scale).requires_grad_()
+    weight = torch.randn(vocab, d, dtype=dtype).requires_grad_()
+    targets = torch.randint(0, vocab, (3, n))
+    targets[:, -1] = -100
+    targets[1, :7] = -100  # a left-padded row
+    return hidden, weight, targets
+
+
+def grads(fn, hidden, weight, targets, scale=0.25):
+    hidden.grad = weight.grad = None
+    nats = fn(hidden, weight, targets)
+    (nats * scale).backward()  # backward scales what forward computed: check it uses the incoming gradient
+    return nats.detach(), hidden.grad.clone(), weight.grad.clone()
+
+
+@pytest.fixture(params=["one chunk", "chunks and groups"])
+def chunking(request, monkeypatch):
+    if request.param == "chunks and groups":  # 50-class rows: 4 rows a chunk, 3 chunks a group; 135 rows end ragged
+        monkeypatch.setitem(loss.CHUNK_ELEMENTS, "cpu", 200)
+        monkeypatch.setitem(loss.GROUP_CHUNKS, "cpu", 3)
+    return request.param
+
+
+def test_fp32_loss_and_gradients_equal_the_plain_head_and_cross_entropy(chunking):
+    hidden, weight, targets = inputs()
+    got = grads(linear_cross_entropy, hidden, weight, targets)
+    expected = grads(reference, hidden, weight, targets)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert got[0].dtype == torch.float32
+
+
+def test_bf16_autocast_matches_autocast_head_and_cross_entropy(chunking):
+    hidden, weight, targets = inputs(vocab=300, d=64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = grads(linear_cross_entropy, hidden, weight, targets)
+        expected = grads(reference, hidden, weight, targets)
+    assert got[1].dtype == got[2].dtype == torch.float32  # gradients in the parameters' dtype, as autocast gives
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-3)
+    for a, b in zip(got[1:], expected[1:]):  # bf16 products: both round the same logits, sums differ in order
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)
+
+
+def test_loss_without_gradients_equals_the_loss_with_them(chunking):
+    hidden, weight, targets = inputs()
+    with torch.no_grad():
+        no_grad = linear_cross_entropy(hidden, weight, targets)
+    torch.testing.assert_close(no_grad, linear_cross_entropy(hidden, weight, targets).detach(), rtol=1e-6, atol=1e-5)
+
+
+def test_a_far_off_target_keeps_its_exact_loss():
+    # Logits 30 apart per unit: some targets' probabilities underflow fp32 (loss > 69 nats, up to hundreds).
+    hidden, weight, targets = inputs(scale=30.0)
+    nats, grad_h, grad_w = grads(linear_cross_entropy, hidden, weight, targets)
+    expected = grads(reference, hidden.double().detach().requires_grad_(), weight.double().detach().requires_grad_(),
+                     targets)
+    per_row = F.cross_entropy(F.linear(hidden, weight).flatten(0, 1), targets.flatten(), reduction="none")
+    assert per_row.max() > 200  # the fix-up path ran
+    torch.testing.assert_close(nats, expected[0], rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(grad_w.double(), expected[2], rtol=1e-4, atol=1e-4)
+    assert torch.isfinite(grad_h).all()
+
+
+def test_chunk_rows_follow_the_vocabulary():
+    assert loss.chunk_rows(torch.device("cpu"), 32000) == (131, 131 * 8)
+    assert loss.chunk_rows(torch.device("cpu"), 4096) == (1024, 8192)
+    assert loss.chunk_rows(torch.device("cpu"), 10**7) == (1, 8)
