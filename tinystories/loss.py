@@ -2,12 +2,12 @@
 
     nats = linear_cross_entropy(hidden, lm_head.weight, targets)   # == F.cross_entropy(hidden @ W.T, targets, sum)
 
-The logits are the largest tensor of a step (8 x 512 x 32,000 for the 19.5M model: 262 MB in bf16, then an fp32
-copy for the softmax, then its gradient). Here they exist a hundred or so rows at a time: each chunk's softmax gives
-the loss and, at once, the gradient of the logits (softmax minus one-hot), which two matrix products turn into the
-gradients of the hidden states and of the head. Backward only scales what forward computed. On the 2-core CPU,
-forward and backward run 2.3x (19.5M model) to 2.9x (demo) faster than the plain head plus `F.cross_entropy`
-(`python benchmarks/loss.py`; README, "Performance").
+The logits are the largest tensor of a step (8 x 512 x 32,000 for the 19.5M model: 262 MB in bf16, then an fp32 copy
+for the softmax, then its gradient). Here they exist a chunk of rows at a time (16 MB of fp32 on a CPU): each
+chunk's softmax gives the loss and, at once, the gradient of the logits (softmax minus one-hot), which two matrix
+products turn into the gradients of the hidden states and of the head. Backward only scales what forward computed.
+On the 2-core CPU, forward and backward run 2.3x (19.5M model) to 2.9x (demo) faster than the plain head plus
+`F.cross_entropy` (`python benchmarks/loss.py`; README, "Performance").
 
 Numerics follow autocast: the products run in the autocast dtype (bf16 or fp16) when autocast is on, else in the
 weight's dtype; the softmax and the loss are fp32, as autocast computes `cross_entropy`.
