@@ -33,6 +33,7 @@ def test_fit_writes_tensorboard_config_and_checkpoints(tmp_path, tiny_tokenizer_
     assert (run / "config.yaml").is_file()
     logged = scalars(run)
     assert {"train/loss", "val/loss", "val/ppl", "val/bpb", "lr"} <= set(logged)
+    assert "hp_metric" not in logged  # Lightning's placeholder (-1) for the hparams tab
     # Every 3 steps and after the last one (TensorBoard steps count from 0).
     assert [step for step, _ in logged["val/loss"]] == [2, 5, 6]
     val_loss, val_ppl = logged["val/loss"][-1][1], logged["val/ppl"][-1][1]

@@ -11,6 +11,7 @@ after the last step, a stop on a NaN loss); atomic checkpoint writes; `trainer.p
 hardware; `--ckpt_path last` found on disk.
 """
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -20,6 +21,8 @@ import torch
 from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from tinystories import checks
 from tinystories.callbacks import PeriodicCheckpoint, SampleStories, StopOnNonFiniteLoss, Throughput, ValidateAtEnd
@@ -68,8 +71,14 @@ class TinyStoriesCLI(LightningCLI):
             parser.link_arguments(f"data.{field}", f"model.{field}", apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs):
-        if not self._get(self.config_init, "trainer", default={}).get("plugins"):
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        if not trainer_config.get("plugins"):
             kwargs.setdefault("plugins", [AtomicCheckpointIO()])
+        if trainer_config.get("logger") in (None, True):
+            # Lightning's default logger, without the placeholder `hp_metric = -1` it writes for the hparams tab.
+            root = trainer_config.get("default_root_dir") or os.getcwd()
+            kwargs.setdefault("logger", TensorBoardLogger(root, name="lightning_logs", version=SLURMEnvironment.job_id(),
+                                                          default_hp_metric=False))
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks[:0] = [ValidateAtEnd()]
         return trainer
