@@ -32,7 +32,8 @@ def grads(fn, hidden, weight, targets, scale=0.25):
 def chunking(request, monkeypatch):
     if request.param == "chunks and groups":  # 50-class rows: 4 rows a chunk, 3 chunks a group; 135 rows end ragged
         monkeypatch.setitem(loss.CHUNK_ELEMENTS, "cpu", 200)
-        monkeypatch.setitem(loss.GROUP_CHUNKS, "cpu", 3)
+        monkeypatch.setitem(loss.MIN_ROWS, "cpu", 1)
+        monkeypatch.setitem(loss.GROUP_ROWS, "cpu", 12)
     return request.param
 
 
@@ -77,6 +78,7 @@ def test_a_far_off_target_keeps_its_exact_loss():
 
 
 def test_chunk_rows_follow_the_vocabulary():
-    assert loss.chunk_rows(torch.device("cpu"), 32000) == (131, 131 * 8)
-    assert loss.chunk_rows(torch.device("cpu"), 4096) == (1024, 8192)
-    assert loss.chunk_rows(torch.device("cpu"), 10**7) == (1, 8)
+    assert loss.chunk_rows(torch.device("cpu"), 4096) == (256, 512)
+    assert loss.chunk_rows(torch.device("cpu"), 32000) == (128, 512)  # at least 128 rows
+    assert loss.chunk_rows(torch.device("cpu"), 300) == (3495, 3495)  # a group is at least one chunk
+    assert loss.chunk_rows(torch.device("cuda"), 32000) == (4194, 4194)

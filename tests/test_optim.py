@@ -7,7 +7,7 @@ from lightning.pytorch.callbacks import Timer
 from transformers import get_cosine_schedule_with_warmup
 
 from tinystories.model import TinyStoriesLM
-from tinystories.optim import MuonWithAdamW
+from tinystories.optim import BatchedMuon, MuonWithAdamW
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=300)
 
@@ -28,6 +28,29 @@ def train_steps(model, optimizer, schedule, steps):
         (nats / count).backward()
         optimizer.step()
         schedule.step()
+
+
+@pytest.mark.parametrize("nesterov, adjust_lr_fn", [(True, "match_rms_adamw"), (False, None)])
+def test_batched_muon_steps_as_torch_muon(nesterov, adjust_lr_fn):
+    torch.manual_seed(0)
+    shapes = [(24, 24), (40, 24), (24, 40), (24, 24), (40, 24), (8, 56)]  # square, tall, wide: batched by shape
+    params = [torch.randn(shape, requires_grad=True) for shape in shapes]
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    start = [p.detach().clone() for p in params]
+    options = dict(lr=0.02, weight_decay=0.1, nesterov=nesterov, adjust_lr_fn=adjust_lr_fn)
+    ours, theirs = BatchedMuon(params, **options), torch.optim.Muon(twins, **options)
+    for _ in range(3):
+        for p, twin in zip(params, twins):
+            p.grad = torch.randn_like(p)
+            twin.grad = p.grad.clone()
+        ours.step()
+        theirs.step()
+    for p, twin, p0 in zip(params, twins, start):
+        assert (p - p0).abs().max() > 0.01  # three steps of lr 0.02 moved it
+        torch.testing.assert_close(p, twin, rtol=0, atol=1e-6)
+    for p, twin in zip(params, twins):
+        torch.testing.assert_close(ours.state[p]["momentum_buffer"], theirs.state[twin]["momentum_buffer"])
+    assert ours.state_dict()["state"].keys() == theirs.state_dict()["state"].keys()
 
 
 def test_muon_takes_hidden_matrices_and_adamw_the_rest():

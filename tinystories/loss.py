@@ -3,7 +3,7 @@
     nats = linear_cross_entropy(hidden, lm_head.weight, targets)   # == F.cross_entropy(hidden @ W.T, targets, sum)
 
 The logits are the largest tensor of a step (8 x 512 x 32,000 for the 19.5M model: 262 MB in bf16, then an fp32 copy
-for the softmax, then its gradient). Here they exist a chunk of rows at a time (16 MB of fp32 on a CPU): each
+for the softmax, then its gradient). Here they exist a chunk of rows at a time (4 to 16 MB of fp32 on a CPU): each
 chunk's softmax gives the loss and, at once, the gradient of the logits (softmax minus one-hot), which two matrix
 products turn into the gradients of the hidden states and of the head. Backward only scales what forward computed.
 On the 2-core CPU, forward and backward run 2.3x (19.5M model) to 2.9x (demo) faster than the plain head plus
@@ -16,12 +16,13 @@ weight's dtype; the softmax and the loss are fp32, as autocast computes `cross_e
 import torch
 
 IGNORE_INDEX = -100
-# Rows of logits per chunk and per head-gradient product, as elements of the logits (so the vocabulary sets the rows).
-# On the CPU a chunk's fp32 softmax stays within the last-level cache (128 x 32,000 x 4 B = 16 MB); the head's
-# gradient is summed over 1,024 rows at a time (8 chunks), fewer and larger products. Measured on the 2-core CPU.
+# Rows of logits per chunk: on the CPU, a chunk's fp32 softmax within a core's L2 cache (2**20 elements, 4 MB) but at
+# least 128 rows, which keep the products efficient (256 rows at a 4k vocabulary, 128 at 32k); the head's gradient is
+# summed over 512 rows at a time, fewer and larger products. Measured on two 2-core CPUs (README, "Performance").
 # On a GPU, larger chunks keep kernel launches few (not measured here: no GPU was lent).
-CHUNK_ELEMENTS = {"cpu": 2**22, "default": 2**27}
-GROUP_CHUNKS = {"cpu": 8, "default": 1}
+CHUNK_ELEMENTS = {"cpu": 2**20, "default": 2**27}
+MIN_ROWS = {"cpu": 128, "default": 1}
+GROUP_ROWS = {"cpu": 512, "default": 1}
 
 
 def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
@@ -30,9 +31,10 @@ def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 
 
 def chunk_rows(device: torch.device, vocab_size: int) -> tuple[int, int]:
+    """Rows of logits per chunk, and per head-gradient product (a whole number of chunks)."""
     kind = device.type if device.type in CHUNK_ELEMENTS else "default"
-    rows = max(1, CHUNK_ELEMENTS[kind] // vocab_size)
-    return rows, rows * GROUP_CHUNKS[kind]
+    rows = max(MIN_ROWS[kind], CHUNK_ELEMENTS[kind] // vocab_size, 1)
+    return rows, rows * max(1, GROUP_ROWS[kind] // rows)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
