@@ -6,8 +6,8 @@ The logits are the largest tensor of a step (8 x 512 x 32,000 for the 19.5M mode
 for the softmax, then its gradient). Here they exist a chunk of rows at a time (4 to 16 MB of fp32 on a CPU): each
 chunk's softmax gives the loss and, at once, the gradient of the logits (softmax minus one-hot), which two matrix
 products turn into the gradients of the hidden states and of the head. Backward only scales what forward computed.
-On the 2-core CPU, forward and backward run 2.3x (19.5M model) to 2.9x (demo) faster than the plain head plus
-`F.cross_entropy` (`python benchmarks/loss.py`; README, "Performance").
+On 2-core CPUs, forward and backward run 2.3x (19.5M model) to 2.9x (demo) faster than the plain head plus
+`F.cross_entropy` on machine A of the README's "Performance", 2.0x to 2.3x on machine B (`python benchmarks/loss.py`).
 
 Numerics follow autocast: the products run in the autocast dtype (bf16 or fp16) when autocast is on, else in the
 weight's dtype; the softmax and the loss are fp32, as autocast computes `cross_entropy`.
