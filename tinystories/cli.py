@@ -77,8 +77,8 @@ class TinyStoriesCLI(LightningCLI):
         if trainer_config.get("logger") in (None, True):
             # Lightning's default logger, without the placeholder `hp_metric = -1` it writes for the hparams tab.
             root = trainer_config.get("default_root_dir") or os.getcwd()
-            kwargs.setdefault("logger", TensorBoardLogger(root, name="lightning_logs", version=SLURMEnvironment.job_id(),
-                                                          default_hp_metric=False))
+            kwargs.setdefault("logger", TensorBoardLogger(root, name="lightning_logs",
+                                                          version=SLURMEnvironment.job_id(), default_hp_metric=False))
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks[:0] = [ValidateAtEnd()]
         return trainer

@@ -2,7 +2,7 @@
 
     optimizer = MuonWithAdamW(model.named_parameters(), lr=1e-2, muon_lr=6e-3, betas=(0.9, 0.95), weight_decay=0.0)
 
-Muon (torch.optim.Muon's update) orthogonalizes each matrix's momentum update; with `adjust_lr_fn="match_rms_adamw"` its
+Muon (torch.optim.Muon) orthogonalizes each matrix's momentum update; with `adjust_lr_fn="match_rms_adamw"` its
 updates have AdamW's RMS, so AdamW-sized learning rates suit it. Embeddings, the output head and norm weights stay
 on AdamW, as Muon's authors advise. One schedule scales both learning rates. Measured on the demo model (README,
 "The demo on real stories"): after the same 400 steps, 1.108 bits per byte against AdamW's 1.218 at its best
