@@ -112,6 +112,7 @@ def run_baseline(train, tokenizer, steps: int, out: Path) -> dict:
 
     lm = initial_model(len(tokenizer), tokenizer)
     model = lm.model
+    model.set_attn_implementation("sdpa")  # transformers' default, as the recipe's from_config gives (fp32 either way)
     args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=4, learning_rate=1e-4,
                              lr_scheduler_type="cosine", weight_decay=0.0, max_steps=steps, logging_steps=1,
                              save_strategy="no", report_to="none", seed=SEED, use_cpu=True, disable_tqdm=True)

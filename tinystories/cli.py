@@ -7,8 +7,8 @@
 What it adds to LightningCLI: the model's vocab size and special-token ids linked from the data module's
 tokenizer; default callbacks (checkpoints keeping the 2 best by `val/loss` plus `last.ckpt`, `last.ckpt` also every
 `last_checkpoint.every_n_train_steps` steps, the learning-rate monitor, sample stories, throughput, a validation
-after the last step, a stop on a NaN loss); atomic checkpoint writes; `trainer.precision: null` picked for the
-hardware; `--ckpt_path last` found on disk.
+after the last step, a stop on a NaN loss, freed memory kept for reuse on a CPU); atomic checkpoint writes;
+`trainer.precision: null` picked for the hardware; `--ckpt_path last` found on disk.
 """
 
 import os
@@ -25,7 +25,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from tinystories import checks
-from tinystories.callbacks import PeriodicCheckpoint, SampleStories, StopOnNonFiniteLoss, Throughput, ValidateAtEnd
+from tinystories.callbacks import (PeriodicCheckpoint, ReuseFreedMemory, SampleStories, StopOnNonFiniteLoss, Throughput,
+                                  ValidateAtEnd)
 from tinystories.data import TinyStoriesData
 from tinystories.checkpoint_io import AtomicCheckpointIO
 from tinystories.model import TinyStoriesLM
@@ -80,7 +81,7 @@ class TinyStoriesCLI(LightningCLI):
             kwargs.setdefault("logger", TensorBoardLogger(root, name="lightning_logs",
                                                           version=SLURMEnvironment.job_id(), default_hp_metric=False))
         trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks[:0] = [ValidateAtEnd()]
+        trainer.callbacks[:0] = [ValidateAtEnd(), ReuseFreedMemory()]
         return trainer
 
     def init_parser(self, **kwargs) -> LightningArgumentParser:

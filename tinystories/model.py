@@ -19,6 +19,7 @@ from torchmetrics import SumMetric
 from transformers import LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup, get_wsd_schedule
 
 from tinystories import InputError
+from tinystories.attention import ATTENTION
 from tinystories.loss import IGNORE_INDEX, linear_cross_entropy
 from tinystories.optim import MuonWithAdamW, adamw_groups
 
@@ -121,6 +122,7 @@ class TinyStoriesLM(LightningModule):
         self.save_hyperparameters()
         self.time_progress = 0.0  # elapsed / max_time, with schedule_by_max_time: set before each training step
         self.model = LlamaForCausalLM(self.llama_config())
+        self.model.set_attn_implementation(ATTENTION)  # sdpa, with small heads in fp32 on the CPU (attention.py)
         kaiming_init(self.model)
         if zero_init_residual:
             zero_residual_outputs(self.model)
@@ -190,16 +192,21 @@ class TinyStoriesLM(LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
+        # On the CPU, AdamW's fused kernel: one pass over each tensor instead of one per operation (12 against 58 ms
+        # a step on the 19.5M model's embedding and head). Elsewhere torch's default; Lightning refuses gradient
+        # clipping with a fused optimizer under 16-mixed's gradient scaler.
+        fused = True if self.device.type == "cpu" else None
         if hp.optimizer == "muon":
             optimizer = MuonWithAdamW(self.model.named_parameters(), lr=hp.learning_rate,
                                       muon_lr=hp.muon_learning_rate or hp.learning_rate, betas=tuple(hp.betas),
-                                      weight_decay=hp.weight_decay, embedding_lr=hp.embedding_learning_rate)
+                                      weight_decay=hp.weight_decay, embedding_lr=hp.embedding_learning_rate,
+                                      fused=fused)
         else:
             # One unnamed group logs as `lr`, as before; with an embedding rate, `lr/embedding` and `lr/adamw`.
             params = (adamw_groups(self.model.named_parameters(), hp.embedding_learning_rate)
                       if hp.embedding_learning_rate is not None else self.parameters())
             optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, betas=tuple(hp.betas),
-                                          weight_decay=hp.weight_decay)
+                                          weight_decay=hp.weight_decay, fused=fused)
         total = int(self.trainer.estimated_stepping_batches)
         warmup = min(hp.warmup_steps, total)
         if hp.lr_schedule == "wsd":
