@@ -13,11 +13,13 @@ and `ratio=` (before / both).
 
 import argparse
 import itertools
+import resource
 import statistics
 import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import torch
 
@@ -63,6 +65,25 @@ def step(model, optimizer, batch) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
+def interleaved(runs: dict, batches: list, rounds: int, prepare: Callable[[str], None]) -> tuple[dict, dict]:
+    """Rounds in which each (model, optimizer) of `runs` steps through `batches` in turn, after `prepare(name)`.
+
+    Round 0 warms up. Returns the median ms per step of each, and its median page faults per step.
+    """
+    times, faults = {name: [] for name in runs}, {name: [] for name in runs}
+    for round_ in range(rounds + 1):
+        for name, run in runs.items():
+            prepare(name)
+            start, faulted = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            for batch in batches:
+                step(*run, batch)
+            if round_:
+                times[name].append((time.perf_counter() - start) / len(batches))
+                faults[name].append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faulted) / len(batches))
+    return ({name: statistics.median(t) * 1e3 for name, t in times.items()},
+            {name: statistics.median(f) for name, f in faults.items()})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=12)
@@ -75,17 +96,8 @@ def main() -> None:
     dm.setup("fit")
     batches = list(itertools.islice(dm.train_dataloader(), args.steps))
     runs = {name: build(dm, muon, args.rounds * args.steps) for name, (muon, _) in VARIANTS.items()}
-    times = {name: [] for name in VARIANTS}
-    for round_ in range(args.rounds + 1):  # round 0 warms up
-        for name, (_, chunks) in VARIANTS.items():
-            set_chunks(chunks)
-            start = time.perf_counter()
-            for batch in batches:
-                step(*runs[name], batch)
-            if round_:
-                times[name].append((time.perf_counter() - start) / len(batches))
+    medians, _ = interleaved(runs, batches, args.rounds, lambda name: set_chunks(VARIANTS[name][1]))
     set_chunks(DEFAULT_CHUNKS)
-    medians = {name: statistics.median(t) * 1e3 for name, t in times.items()}
     print(f"torch threads: {torch.get_num_threads()}; demo model, 8 x 512 tokens, bf16 autocast; median of "
           f"{args.rounds} rounds of {args.steps} steps")
     for name, ms in medians.items():

@@ -90,10 +90,11 @@ class ReuseFreedMemory(Callback):
     """While `fit` trains on the CPU (Linux, glibc), freed memory stays in the process for the next step to reuse.
 
     glibc's malloc maps every block over 32 MB (the 19.5M model's 32,000 x 256 fp32 embedding and head gradients)
-    fresh from the OS and unmaps it when freed, so each step touches hundreds of MB of new pages: 100,000-190,000
+    fresh from the OS and unmaps it when freed, so each step touches hundreds of MB of new pages: 100,000 to 320,000
     page faults a step for that model. With mmap off and no trimming (`mallopt`), blocks come from the heap and go
-    back to it: about 250 faults a step, and steps 15% faster on a 2-core VM (README, "Performance"). The price is
-    that the process keeps its peak memory until `fit` ends; then glibc's defaults come back and the heap is trimmed.
+    back to it: a few thousand faults a step at most, and steps 1.14x faster on a 2-core VM (`python
+    benchmarks/cpu_step.py`). The price is that the process keeps its peak memory until `fit` ends; then glibc's
+    defaults come back and the heap is trimmed.
     """
 
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
