@@ -76,7 +76,6 @@ def main() -> None:
     batches = list(itertools.islice(dm.train_dataloader(), args.steps))
     runs = {name: build(dm, hparams, attention, fused) for name, (attention, fused, _) in VARIANTS.items()}
     malloc = ReuseFreedMemory()
-
     try:
         medians, faults = interleaved(runs, batches, args.rounds,
                                       lambda name: malloc.set(malloc.KEEP if VARIANTS[name][2] else malloc.DEFAULTS))
