@@ -111,3 +111,14 @@ def test_freed_memory_is_kept_for_reuse_while_fitting_on_the_cpu(tmp_path, tiny_
     gpu = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
     callback.on_fit_start(gpu, cli.model)
     assert not callback.active and mapped_blocks_for_a_new_64_mb_tensor() == 1
+
+
+def test_compile_without_a_cpp_compiler_trains_eager_with_a_warning(monkeypatch):
+    model = TinyStoriesLM(**SMALL_HEADS, compile=True)
+    monkeypatch.setattr("tinystories.model.cpp_compiler", lambda: None)
+    with pytest.warns(UserWarning, match="needs a C\\+\\+ compiler"):
+        model.configure_model()
+    assert "compiled" not in model.__dict__
+    monkeypatch.undo()
+    model.configure_model()  # this machine has one: compiled lazily, on the first training step
+    assert "compiled" in model.__dict__

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import SumMetric
 from transformers import LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup, get_wsd_schedule
 
@@ -27,6 +28,16 @@ from tinystories.optim import MuonWithAdamW, adamw_groups
 def mlp_size(hidden_size: int, multiple_of: int = 128) -> int:
     """LLaMA's SwiGLU width: 8/3 of the hidden size, rounded up to a multiple of `multiple_of` (256 -> 768)."""
     return multiple_of * math.ceil(8 * hidden_size / 3 / multiple_of)
+
+
+def cpp_compiler() -> Optional[str]:
+    """The C++ compiler torch.compile's CPU backend (Inductor) would use, or None."""
+    from torch._inductor import cpp_builder, exc
+
+    try:
+        return cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        return None
 
 
 def zero_residual_outputs(model: torch.nn.Module) -> None:
@@ -107,8 +118,10 @@ class TinyStoriesLM(LightningModule):
                 up and decayed to zero by then (the demo on a slower machine: fewer steps, fully annealed). The
                 learning rate then depends on the machine's speed wherever time leads. Under DDP rank 0's clock is
                 used. Without `trainer.max_time` it changes nothing.
-            compile: `torch.compile` the model for training (pays on GPUs; on the 2-core CPU a demo step took 406 ms
-                compiled against 382 ms eager). Parameter names stay as they are, so checkpoints do not change.
+            compile: `torch.compile` the model for training (the demo on a 2-core CPU: 276-282 ms a step compiled
+                against 316-355 eager, after 40-55 s of compiling; README). On a CPU it needs a C++ compiler;
+                without one training runs eager, with a warning. Parameter names stay as they are, so checkpoints do
+                not change.
         """
         super().__init__()
         if learning_rate <= 0:
@@ -149,6 +162,11 @@ class TinyStoriesLM(LightningModule):
         # Training steps only: validation batches and generation change shape at every call. Kept out of the
         # module tree (no `_orig_mod.` in checkpoint keys): it shares the parameters of `self.model`.
         if self.hparams.compile and "compiled" not in self.__dict__:
+            device = self.trainer.strategy.root_device if self._trainer is not None else self.device  # not moved yet
+            if device.type == "cpu" and not cpp_compiler():
+                rank_zero_warn("model.compile: torch.compile on a CPU needs a C++ compiler and none was found (install "
+                               "g++ or clang++, or set CXX); training without compiling")
+                return
             object.__setattr__(self, "compiled", torch.compile(self.model.model))
 
     def hidden(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
