@@ -8,6 +8,7 @@ per second, and MFU where the peak FLOP/s is known, are logged under `throughput
 
 import ctypes
 import ctypes.util
+import functools
 import platform
 import sys
 import time
@@ -105,6 +106,7 @@ class ReuseFreedMemory(Callback):
         self.active = False
 
     @staticmethod
+    @functools.cache
     def libc():
         if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
             return None
