@@ -83,9 +83,22 @@ def test_compiled_training_keeps_checkpoint_keys_and_learns(tmp_path, tiny_token
     from tests.conftest import fit_args
     from tinystories.cli import cli_main
 
+    torch._dynamo.utils.counters.clear()
     cli = cli_main(fit_args(tmp_path, tiny_tokenizer_dir, "--model.compile", "true", "--trainer.max_steps", "4",
-                            "--trainer.limit_val_batches", "2"))
-    assert "compiled" in cli.model.__dict__  # the training forward went through torch.compile
+                            "--trainer.limit_val_batches", "2", "--data.packing", "true",  # one shape: 8 x 128
+                            "--model.num_hidden_layers", "4"))
+    model = cli.model
+    # Training went through torch.compile one decoder layer at a time, one graph shared by the 4 layers (and one
+    # more with a mask if a batch held the packed set's padded last block), not a graph per layer.
+    assert 1 <= torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2
+    assert [c._orig_mod for c in model.compiled] == list(model.model.model.layers)
+    assert all(type(layer).__name__ == "LlamaDecoderLayer" for layer in model.model.model.layers)  # swapped back
+    batch = next(iter(cli.datamodule.train_dataloader()))
+    compiled = model.train().nats(batch)[0].detach()
+    with torch.no_grad():
+        eager = model.eval().nats(batch)[0]  # validation and generation run eager
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=0)
     checkpoint = torch.load(next((tmp_path / "lightning_logs").glob("version_0/checkpoints/last.ckpt")),
                             weights_only=True)
     assert not any("_orig_mod" in key for key in checkpoint["state_dict"])

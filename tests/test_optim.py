@@ -6,6 +6,7 @@ import torch
 from lightning.pytorch.callbacks import Timer
 from transformers import get_cosine_schedule_with_warmup
 
+from tinystories import InputError
 from tinystories.model import TinyStoriesLM
 from tinystories.optim import BatchedMuon, MuonWithAdamW
 
@@ -127,6 +128,24 @@ def test_embedding_gets_its_own_learning_rate(optimizer_name):
     factors = {g["name"]: g["lr"] / g["initial_lr"] for g in optimizer.param_groups}
     assert len(set(factors.values())) == 1
 
+
+
+@pytest.mark.parametrize("muon_weight_decay, expected", [(None, 0.02), (0.1, 0.1)])
+def test_muon_weight_decay_reaches_the_hidden_matrices_only(muon_weight_decay, expected):
+    model, optimizer, _ = configured(optimizer="muon", weight_decay=0.02, muon_weight_decay=muon_weight_decay,
+                                     embedding_learning_rate=0.05)
+    assert {g["name"]: g["weight_decay"] for g in optimizer.param_groups} == {
+        "muon": expected, "embedding": 0.02, "adamw": 0.02}
+    matrix = optimizer.muon.param_groups[0]["params"][0]
+    before = matrix.detach().clone()
+    matrix.grad = torch.zeros_like(matrix)  # no gradient: the step is the decay alone
+    optimizer.muon.step()
+    torch.testing.assert_close(matrix, before * (1 - optimizer.muon.param_groups[0]["lr"] * expected))
+
+
+def test_negative_weight_decay_is_refused():
+    with pytest.raises(InputError, match="model.muon_weight_decay is -0.1"):
+        TinyStoriesLM(**TINY, muon_weight_decay=-0.1)
 
 def test_zero_init_residual_starts_every_block_as_the_identity():
     model = TinyStoriesLM(**TINY, zero_init_residual=True)

@@ -79,11 +79,12 @@ def adamw_groups(named_params: Iterable[tuple[str, torch.Tensor]], embedding_lr:
 class MuonWithAdamW(torch.optim.Optimizer):
     def __init__(self, named_params: Iterable[tuple[str, torch.Tensor]], lr: float, muon_lr: float,
                  betas: tuple[float, float], weight_decay: float, embedding_lr: Optional[float] = None,
-                 fused: Optional[bool] = None):
+                 fused: Optional[bool] = None, muon_weight_decay: Optional[float] = None):
         named = [(n, p) for n, p in named_params if p.requires_grad]
         # Group names label the learning rates in TensorBoard: lr/muon and lr/adamw.
         self.muon = BatchedMuon([{"params": [p for n, p in named if is_hidden_matrix(n, p)], "name": "muon"}],
-                                     lr=muon_lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+                                lr=muon_lr, adjust_lr_fn="match_rms_adamw",
+                                weight_decay=weight_decay if muon_weight_decay is None else muon_weight_decay)
         self.adamw = torch.optim.AdamW(adamw_groups([(n, p) for n, p in named if not is_hidden_matrix(n, p)],
                                                     embedding_lr), lr=lr, betas=betas, weight_decay=weight_decay,
                                        fused=fused)
