@@ -115,6 +115,18 @@ def test_compiled_runs_export_without_orig_mod_prefixes(ckpt, tmp_path):
         torch.testing.assert_close(exported(**batch).logits, expected)
 
 
+
+def test_model_card_states_the_schedule_and_weight_decay_that_trained(ckpt, tiny_tokenizer_dir):
+    checkpoint = torch.load(ckpt, weights_only=True)
+    tokenizer = load_tokenizer(str(tiny_tokenizer_dir))
+    card = model_card(checkpoint, model_from_checkpoint(checkpoint)[1], tokenizer, "tiny")
+    assert "warmup steps then cosine decay to zero, weight decay 0.0." in card  # the tiny run: AdamW, cosine
+    checkpoint["hyper_parameters"].update(optimizer="muon", lr_schedule="wsd", decay_fraction=0.4, warmup_steps=50,
+                                          weight_decay=0.0, muon_weight_decay=0.2)  # configs/demo.yaml
+    card = model_card(checkpoint, model_from_checkpoint(checkpoint)[1], tokenizer, "demo")
+    assert ("50 warmup steps, constant, then linear decay to zero over the last 40% of the run, weight decay 0.2 on "
+            "the hidden matrices and 0.0 on the rest.") in card
+
 def test_older_checkpoints_fall_back_to_data_tokenizer_and_model_checkpoint_score(ckpt, tiny_tokenizer_dir):
     checkpoint = torch.load(ckpt, weights_only=True)
     # As saved before the data module stored its tokenizer and the model its validation metrics.

@@ -130,8 +130,21 @@ def training_text(checkpoint: dict) -> str:
         done = (f"{train['steps']:,} optimizer steps of {train['batch_size']} samples x {train['world_size']} "
                 f"device(s) x {train['accumulate_grad_batches']} accumulated batch(es): {train['samples']:,} samples "
                 f"({kind}), so at most {train['max_tokens']:,} tokens; the exact count is not recorded.")
-    return (f"{done}\n{optimizer_text(hp)}, {hp.get('warmup_steps', 0)} warmup steps then cosine decay to zero, "
-            f"weight decay {hp.get('weight_decay')}.")
+    return f"{done}\n{optimizer_text(hp)}, {schedule_text(hp)}, {decay_text(hp)}."
+
+
+def schedule_text(hp: dict) -> str:
+    warmup = f"{hp.get('warmup_steps', 0)} warmup steps"
+    if hp.get("lr_schedule") == "wsd":
+        return f"{warmup}, constant, then linear decay to zero over the last {hp.get('decay_fraction'):.0%} of the run"
+    return f"{warmup} then cosine decay to zero"
+
+
+def decay_text(hp: dict) -> str:
+    decay, muon_decay = hp.get("weight_decay"), hp.get("muon_weight_decay")
+    if hp.get("optimizer") == "muon" and muon_decay is not None and muon_decay != decay:
+        return f"weight decay {muon_decay} on the hidden matrices and {decay} on the rest"
+    return f"weight decay {decay}"
 
 
 def evaluation_text(checkpoint: dict) -> str:
