@@ -1,19 +1,21 @@
-"""Whole training steps with and without the three CPU levers of this change, interleaved in one process.
+"""Whole training steps with and without the CPU levers, interleaved in one process.
 
-    python benchmarks/cpu_step.py               # the 19.5M reference model, LLaMA-2 tokenizer: ~4 minutes on 2 cores
-    python benchmarks/cpu_step.py --model demo  # configs/demo.yaml's model, 4k BPE: ~2 minutes
+    python benchmarks/cpu_step.py               # the 19.5M reference model, LLaMA-2 tokenizer: ~5 minutes on 2 cores
+    python benchmarks/cpu_step.py --model demo  # configs/demo.yaml's model, 4k BPE: ~3 minutes
 
 Times a training step (forward, backward, clip, Muon + AdamW; bf16 autocast; batch 8 of packed 512-token blocks of
-the real stories) four ways, each from the same weights and batches:
+the real stories) five ways, each from the same weights and batches:
 - `before`: transformers' `sdpa` attention (bf16 under autocast), torch's default (foreach) AdamW, glibc's malloc
   defaults;
 - `+ memory kept`: `ReuseFreedMemory`'s malloc settings, what `fit` sets on a CPU (switched per variant with
   `mallopt`; memory the heap kept from the previous variant stays in it until glibc trims it);
 - `+ fp32 attention`: and `tinystories.attention` (heads under 64 dimensions in fp32 on the CPU; the demo's heads of
   64 are unchanged by it);
-- `+ fused AdamW`: and AdamW's fused CPU kernel: the current defaults.
-Rounds of `--steps` steps take turns, so all four see the same machine; prints the median ms and page faults per
-step of each, and `ratio=` (before / current).
+- `+ fused AdamW`: and AdamW's fused CPU kernel: the current defaults without `model.compile`;
+- `+ compiled layers`: and each decoder layer compiled (`model.compile: true`, as in configs/demo.yaml; compiling
+  happens in the warm-up round, which is not timed).
+Rounds of `--steps` steps take turns, so all five see the same machine; prints the median ms and page faults per
+step of each, `ratio=` (before / + fused AdamW) and `compiled_ratio=` (+ fused AdamW / + compiled layers).
 """
 
 import argparse
@@ -38,15 +40,17 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 # benchmarks/throughput.py's settings for our fit of the 19.5M model (configs/tinystories-20m-fast.yaml on a CPU)
 REFERENCE = dict(optimizer="muon", muon_learning_rate=0.006, learning_rate=0.003, betas=(0.9, 0.95), warmup_steps=10,
                  lr_schedule="wsd", zero_init_residual=True)
-# name: (attention, fused AdamW, memory kept)
-VARIANTS = {"before": ("sdpa", False, False), "+ memory kept": ("sdpa", False, True),
-            "+ fp32 attention": (None, False, True), "+ fused AdamW": (None, True, True)}
+# name: (attention, fused AdamW, memory kept, compiled layers)
+VARIANTS = {"before": ("sdpa", False, False, False), "+ memory kept": ("sdpa", False, True, False),
+            "+ fp32 attention": (None, False, True, False), "+ fused AdamW": (None, True, True, False),
+            "+ compiled layers": (None, True, True, True)}
 
 
-def build(dm: TinyStoriesData, hparams: dict, attention, fused: bool):
+def build(dm: TinyStoriesData, hparams: dict, attention, fused: bool, compile: bool = False):
     torch.manual_seed(3407)
     model = TinyStoriesLM(vocab_size=dm.vocab_size, pad_token_id=dm.pad_token_id, bos_token_id=dm.bos_token_id,
-                          eos_token_id=dm.eos_token_id, **hparams)
+                          eos_token_id=dm.eos_token_id, compile=compile, **hparams)
+    model.configure_model()  # compiles each decoder layer (training steps only) with compile=True
     if attention:
         model.model.set_attn_implementation(attention)
     model._trainer = SimpleNamespace(estimated_stepping_batches=1000)  # all configure_optimizers reads
@@ -74,7 +78,8 @@ def main() -> None:
     dm.prepare_data()
     dm.setup("fit")
     batches = list(itertools.islice(dm.train_dataloader(), args.steps))
-    runs = {name: build(dm, hparams, attention, fused) for name, (attention, fused, _) in VARIANTS.items()}
+    runs = {name: build(dm, hparams, attention, fused, compile)
+            for name, (attention, fused, _, compile) in VARIANTS.items()}
     malloc = ReuseFreedMemory()
     try:
         medians, faults = interleaved(runs, batches, args.rounds,
@@ -86,6 +91,7 @@ def main() -> None:
     for name, ms in medians.items():
         print(f"{name}: {ms:.0f} ms/step, {faults[name]:,.0f} page faults/step")
     print(f"ratio={medians['before'] / medians['+ fused AdamW']:.2f}")
+    print(f"compiled_ratio={medians['+ fused AdamW'] / medians['+ compiled layers']:.2f}")
 
 
 if __name__ == "__main__":

@@ -122,7 +122,7 @@ class TinyStoriesLM(LightningModule):
                 up and decayed to zero by then (the demo on a slower machine: fewer steps, fully annealed). The
                 learning rate then depends on the machine's speed wherever time leads. Under DDP rank 0's clock is
                 used. Without `trainer.max_time` it changes nothing.
-            compile: `torch.compile` each decoder layer for training (the demo on a 2-core CPU: about 16% faster
+            compile: `torch.compile` each decoder layer for training (the demo on a 2-core CPU: 11-16% faster
                 steps after about 36 s of compiling from a cold cache; README). On a CPU it needs a C++ compiler;
                 without one training runs eager, with a warning. Parameter names stay as they are, so checkpoints do
                 not change.
