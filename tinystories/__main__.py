@@ -1,9 +1,10 @@
 """`python -m tinystories VERB ...`: Lightning's verbs go to LightningCLI, the project's own verbs to jsonargparse.
 
+    python -m tinystories                     # the verbs, one line each
     python -m tinystories fit --config configs/demo.yaml
-    python -m tinystories tokenizer --dataset synthetic --vocab_size 4096 --out_dir my-tokenizer
     python -m tinystories generate --ckpt_path last.ckpt --prompt "Once upon a time" --prompt "Tom and Sam"
-    python -m tinystories export --ckpt_path last.ckpt --out_dir my-model
+
+Every `UserError` (and a full disk) ends here as one line, `error: ...`, and exit status 1.
 """
 
 import errno
@@ -12,15 +13,33 @@ from typing import Optional
 
 from jsonargparse import ArgumentError, auto_cli
 
-from tinystories import InputError, export, generate, tokenizer
-from tinystories.callbacks import LossDiverged
-from tinystories.checks import one_line
+from tinystories import export, generate, tokenizer
+from tinystories.cli import LIGHTNING_VERBS, PROG
+from tinystories.errors import UserError, one_line
 
 # LightningCLI has no blessed way to add subcommands (Lightning issue #12438), so extra verbs are dispatched first.
 VERBS = {"tokenizer": tokenizer.main, "generate": generate.main, "export": export.main}
+SUMMARY = {
+    "fit": "train a model (or resume one with --ckpt_path) from a YAML config: --config configs/demo.yaml",
+    "validate": "score a checkpoint on the validation split: val/loss, val/ppl, val/bpb",
+    "test": "Lightning's test loop (the data module has no test split: use validate)",
+    "predict": "Lightning's predict loop (use generate to write stories)",
+    "tokenizer": "train a byte-level BPE tokenizer on a data source",
+    "generate": "write stories from a checkpoint or an exported folder",
+    "export": "write a checkpoint as a Hugging Face model folder with a model card; optionally upload it",
+}
 
 # jsonargparse keeps the last of a repeated option (lists grow with `--name+=VALUE`); these may be repeated.
 REPEATABLE = ("--prompt",)
+
+
+def usage() -> str:
+    width = max(map(len, SUMMARY))
+    lines = [f"usage: {PROG} VERB [options]", "", "Train small LLaMA models on TinyStories, write stories with them, "
+             "and publish them in Hugging Face format.", "", "verbs:"]
+    lines += [f"  {verb:<{width}}  {text}" for verb, text in SUMMARY.items()]
+    lines += ["", f"`{PROG} VERB --help` lists a verb's options."]
+    return "\n".join(lines)
 
 
 def append_repeats(args: list[str]) -> list[str]:
@@ -39,20 +58,31 @@ def append_repeats(args: list[str]) -> list[str]:
     return out
 
 
+def run(args: list[str], given: Optional[list[str]]) -> None:
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        if not args:
+            raise SystemExit(2)
+        return
+    verb = args[0]
+    if verb in VERBS:
+        try:
+            auto_cli({verb: VERBS[verb]}, args=append_repeats(args), prog=PROG, exit_on_error=False)
+        except ArgumentError as err:  # jsonargparse would print the whole usage before it
+            raise UserError(f"{one_line(err)}; `{PROG} {verb} --help` lists the options") from None
+    elif verb in LIGHTNING_VERBS or verb.startswith("-"):
+        from tinystories.cli import cli_main
+
+        cli_main(given)  # None: LightningCLI reads sys.argv itself
+    else:
+        raise UserError(f"unknown verb {verb!r}; it must be one of {', '.join(SUMMARY)} (`{PROG} --help`)")
+
+
 def main(args: Optional[list[str]] = None) -> None:
     given, args = args, sys.argv[1:] if args is None else args
     try:
-        if args and args[0] in VERBS:
-            try:
-                auto_cli(VERBS, args=append_repeats(args), prog="python -m tinystories", exit_on_error=False)
-            except ArgumentError as err:  # jsonargparse would print the whole usage before it
-                raise SystemExit(f"error: {one_line(err)}; `python -m tinystories {args[0]} --help` lists the "
-                                 "options") from None
-        else:
-            from tinystories.cli import cli_main
-
-            cli_main(given)  # None: LightningCLI reads sys.argv itself (and warns when given both)
-    except (InputError, LossDiverged) as err:  # one line that says what to do, not a traceback
+        run(args, given)
+    except UserError as err:  # one line that says what to do, not a traceback
         raise SystemExit(f"error: {err}") from None
     except ArgumentError as err:  # a --ckpt_path's hyperparameters that this version's model does not take
         raise SystemExit(f"error: {one_line(err)}") from None

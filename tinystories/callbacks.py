@@ -1,5 +1,6 @@
-"""Callbacks the CLI always adds: sample stories, throughput, a validation after the last step, `last.ckpt` every N
-steps, and freed memory kept for reuse while training on a CPU.
+"""Callbacks the CLI adds by default: sample stories, throughput, a stop on a NaN loss, `last.ckpt` every N steps, a
+validation after the last step, freed memory kept for reuse while training on a CPU, and a progress bar that counts
+steps. Each can be turned off with `disable_callbacks: [name, ...]` in the YAML (`tinystories/cli.py`).
 
 At each validation, rank zero continues a few fixed prompts and logs them to TensorBoard as text (tab "TEXT");
 when `fit` ends they are printed with the final validation metrics (`samples:` in the YAML). Tokens and samples
@@ -18,10 +19,10 @@ from typing import Literal, Optional
 import torch
 from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
-from tinystories import InputError
+from tinystories.errors import LossDiverged, UserError
 from tinystories.generate import sample_stories
 
 DEFAULT_PROMPTS = ("Once upon a time", "Lily and her dog", "One day, a little boy named Tom")
@@ -46,8 +47,9 @@ class SampleStories(Callback):
         self.latest: list[str] = []
 
     def sample(self, pl_module: LightningModule, tokenizer) -> list[str]:
-        stories = sample_stories(pl_module.model, tokenizer, self.prompts, seed=self.seed,
-                                 batch_size=len(self.prompts), **self.settings)
+        with pl_module.eager():
+            stories = sample_stories(pl_module.model, tokenizer, self.prompts, seed=self.seed,
+                                     batch_size=len(self.prompts), **self.settings)
         return [story["prompt"] + story["completion"] for story in stories]
 
     @rank_zero_only
@@ -72,6 +74,15 @@ class SampleStories(Callback):
                 print(f"\n{story}\n" + "-" * 40)
 
 
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, with the optimizer step beside the loss (`step=120/2000` when `max_steps` is set)."""
+
+    def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics["step"] = f"{trainer.global_step}/{trainer.max_steps}" if trainer.max_steps > 0 else trainer.global_step
+        return metrics
+
+
 class ValidateAtEnd(Callback):
     """Validate (and so checkpoint) after the last training step, not only every `val_check_interval` steps.
 
@@ -91,10 +102,9 @@ class ReuseFreedMemory(Callback):
     """While `fit` trains on the CPU (Linux, glibc), freed memory stays in the process for the next step to reuse.
 
     glibc's malloc maps every block over 32 MB (the 19.5M model's 32,000 x 256 fp32 embedding and head gradients)
-    fresh from the OS and unmaps it when freed, so each step touches hundreds of MB of new pages: 100,000 to 320,000
-    page faults a step for that model. With mmap off and no trimming (`mallopt`), blocks come from the heap and go
-    back to it: a few thousand faults a step at most, and steps 1.14x faster on a 2-core VM (`python
-    benchmarks/cpu_step.py`). The price is that the process keeps its peak memory until `fit` ends; then glibc's
+    fresh from the OS and unmaps it when freed, so each step faults in hundreds of MB of new pages. With mmap off and
+    no trimming (`mallopt`), blocks come from the heap and go back to it: a few thousand faults a step at most
+    (docs/performance.md). The price is that the process keeps its peak memory until `fit` ends; then glibc's
     defaults come back and the heap is trimmed.
     """
 
@@ -188,10 +198,6 @@ def flops_per_token(pl_module: LightningModule, context: int) -> float:
     return 6 * params + 6 * config.num_hidden_layers * config.hidden_size * context
 
 
-class LossDiverged(RuntimeError):
-    """The training loss became NaN or infinite; `python -m tinystories` prints it as one line."""
-
-
 class StopOnNonFiniteLoss(Callback):
     """Stop the run at a NaN or infinite training loss before those weights are validated or saved, or skip the batch.
 
@@ -215,7 +221,7 @@ class StopOnNonFiniteLoss(Callback):
                 the data is broken, not one batch.
         """
         if max_skips_in_a_row < 1:
-            raise InputError(f"nonfinite_loss.max_skips_in_a_row is {max_skips_in_a_row}; it must be at least 1")
+            raise UserError(f"nonfinite_loss.max_skips_in_a_row is {max_skips_in_a_row}; it must be at least 1")
         self.action, self.max_skips_in_a_row = action, max_skips_in_a_row
         self.skipped = self.in_a_row = 0
 

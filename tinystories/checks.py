@@ -1,36 +1,19 @@
-"""Checks at the edge, before any work: each failure is an `InputError` that `python -m tinystories` prints as one line.
+"""The CLI's checks at the edge, before any work: each failure is a `UserError`, printed as one line.
 
-    checks.writable("--trainer.default_root_dir", root)          # before training writes anything
-    hparams = checks.checkpoint_hparams("--ckpt_path", path)     # a truncated or foreign file fails here
-    checks.same_architecture(path, hparams, expected)            # not Lightning's size-mismatch traceback
-    checks.option_error(message, parser)                         # jsonargparse's usage dump -> one line
-
-Checkpoints are read with `weights_only=True` (nothing in them is executed) and `mmap=True`, so a check reads the
-pickled metadata, not the tensors: 8 ms for a 232 MB checkpoint (58 tensors) against 174 ms for a full load,
-measured once on this project's 2-core machine (warm page cache).
+    checks.writable("--trainer.default_root_dir", root)   # before training writes anything
+    given = checks.after_parse(config)                      # a bad --ckpt_path fails here, before Lightning reads it
+    checks.before_fit(cli, config)                          # folders writable, the checkpoint fits the model
+    checks.option_error(message, parser)                    # jsonargparse's usage dump -> one line
 """
 
 import difflib
 import os
 import re
-import zipfile
 from pathlib import Path
 from typing import Optional
 
-import torch
-
-from tinystories import InputError
-
-# Hyperparameters that decide the weights' shapes and meaning: a checkpoint is resumed only into the same ones.
-# `intermediate_size: null` is compared as the width it resolves to, so null and 768 agree for hidden 256.
-ARCHITECTURE = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "tie_word_embeddings", "pad_token_id", "bos_token_id", "eos_token_id")
-
-
-def one_line(text: object, limit: int = 300) -> str:
-    """`text` with its whitespace runs as single spaces, cut to `limit` characters (library errors span lines)."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[:limit - 3] + "..."
+from tinystories import checkpoint
+from tinystories.errors import UserError, one_line
 
 
 def writable(option: str, folder: Path) -> None:
@@ -42,46 +25,11 @@ def writable(option: str, folder: Path) -> None:
     folder = Path(folder).expanduser().absolute()
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
-        raise InputError(f"{option} {folder}: {existing} is a file, not a folder; give a folder to write to "
+        raise UserError(f"{option} {folder}: {existing} is a file, not a folder; give a folder to write to "
                          "(nothing was written)")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"{option} {folder}: cannot write in {existing} (read-only or no permission); give a "
+        raise UserError(f"{option} {folder}: cannot write in {existing} (read-only or no permission); give a "
                          "writable folder (nothing was written)")
-
-
-def checkpoint_hparams(option: str, path: Path) -> dict:
-    """The hyperparameters saved in a Lightning checkpoint; a file that is not one fails with its name."""
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip whose directory is at the end: a cut file has none
-        raise InputError(f"{option} {path}: truncated or not a checkpoint (no zip directory at its end); use another "
-                         "checkpoint, e.g. an earlier one or the run's last.ckpt")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # a damaged archive, or a pickle of objects other than tensors and plain data
-        raise InputError(f"{option} {path}: not a readable Lightning checkpoint ({type(err).__name__}: "
-                         f"{one_line(err, 160)}); use another checkpoint") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise InputError(f"{option} {path}: not a Lightning checkpoint (no state_dict); give a .ckpt written by fit")
-    return dict(checkpoint.get("hyper_parameters") or {})
-
-
-def resolved(hparams: dict) -> dict:
-    from tinystories.model import mlp_size
-
-    out = {k: hparams.get(k) for k in ARCHITECTURE if k in hparams}
-    if "intermediate_size" in out and not out["intermediate_size"] and hparams.get("hidden_size"):
-        out["intermediate_size"] = mlp_size(hparams["hidden_size"])
-    return out
-
-
-def same_architecture(path: Path, saved: dict, expected: dict) -> None:
-    """Fail, naming every differing field, unless the checkpoint's architecture and tokenizer ids are `expected`."""
-    saved, expected = resolved(saved), resolved(expected)
-    differ = [f"{k} {saved[k]} (config: {expected[k]})" for k in ARCHITECTURE
-              if k in saved and k in expected and saved[k] != expected[k]]
-    if differ:
-        raise InputError(f"--ckpt_path {path}: was trained with {', '.join(differ)}; resume with the run's own "
-                         "config (--config lightning_logs/version_N/config.yaml) and tokenizer, or start a new run "
-                         "without --ckpt_path")
 
 
 def after_parse(config) -> dict:
@@ -94,8 +42,8 @@ def after_parse(config) -> dict:
     ckpt_path = config.get("ckpt_path")
     if ckpt_path and ckpt_path != "last":
         if not Path(ckpt_path).is_file():
-            raise InputError(f"--ckpt_path {ckpt_path}: no such file; give a .ckpt written by fit, or `last`")
-        checkpoint_hparams("--ckpt_path", Path(ckpt_path))
+            raise UserError(f"--ckpt_path {ckpt_path}: no such file; give a .ckpt written by fit, or `last`")
+        checkpoint.hparams(Path(ckpt_path))
     model = config.get("model")
     return model.as_dict() if hasattr(model, "as_dict") else dict(model or {})
 
@@ -119,8 +67,10 @@ def before_fit(cli, config: dict) -> None:
         writable(option, Path(folder))
     if config.get("ckpt_path"):
         path = Path(config["ckpt_path"])
-        linked = {k: cli.model.hparams[k] for k in ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")}
-        same_architecture(path, checkpoint_hparams("--ckpt_path", path), {**cli.given_model, **linked})
+        linked = {k: cli.model.hparams["architecture"][k]
+                  for k in ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")}
+        given = dict(cli.given_model.get("architecture") or {})
+        checkpoint.same_architecture(path, checkpoint.hparams(path)["architecture"], {**given, **linked})
     if config.get("weights_only") is None:
         config["weights_only"] = True  # Lightning would unpickle anything from an http(s) checkpoint by default
 

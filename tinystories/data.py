@@ -26,7 +26,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
-from tinystories import InputError
+from tinystories.errors import UserError
 from tinystories.sampling import ResumableSampler
 from tinystories.sources import load_split, source_id
 from tinystories.tokenizer import cached_bpe, load_tokenizer, token_bytes
@@ -90,11 +90,11 @@ class TinyStoriesData(LightningDataModule):
         """
         super().__init__()
         if batch_size < 1:
-            raise InputError(f"data.batch_size is {batch_size}; it must be at least 1")
+            raise UserError(f"data.batch_size is {batch_size}; it must be at least 1")
         if max_length < 2:
-            raise InputError(f"data.max_length is {max_length}; it must be at least 2")
+            raise UserError(f"data.max_length is {max_length}; it must be at least 2")
         if group_by_length and packing:
-            raise InputError("data.group_by_length needs data.packing false: packed blocks all have max_length tokens")
+            raise UserError("data.group_by_length needs data.packing false: packed blocks all have max_length tokens")
         self.save_hyperparameters()
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.splits: dict[str, datasets.Dataset] = {}
@@ -209,7 +209,7 @@ class TinyStoriesData(LightningDataModule):
         # the world size with repeated stories, counted twice in val/loss and val/bpb. Ranks may then run one batch
         # fewer, which is safe: validation has no per-batch collectives (DDP syncs buffers on the first forward only).
         if len(ds) < shards["num_replicas"]:
-            raise InputError(f"data.val_split has {len(ds)} stories, fewer than the {shards['num_replicas']} processes")
+            raise UserError(f"data.val_split has {len(ds)} stories, fewer than the {shards['num_replicas']} processes")
         return DataLoader(ds, batch_size=self.hparams.batch_size, collate_fn=self.collate,
                           sampler=UnrepeatedDistributedSampler(ds, shuffle=False, **shards),
                           num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
@@ -255,7 +255,7 @@ class TinyStoriesData(LightningDataModule):
         # On resume the data module already has its tokenizer from `data.tokenizer`; the copy is for readers.
         # Lightning calls this before the trainer first asks for the training loader (even when the model's
         # `configure_optimizers` reads `trainer.estimated_stepping_batches`), so the loader starts where it stopped.
-        self.sampler_state = state_dict.get("sampler")  # absent in checkpoints from before resumable sampling
+        self.sampler_state = state_dict.get("sampler")  # absent when saved outside fit
         if self.train_sampler is not None and self.sampler_state is not None:
             # Strategies that restore after setup (FSDP, DeepSpeed) built the loader first; its iterator has not
             # drawn from the sampler yet with num_workers 0 (untested here: CPU tests run single process and DDP).

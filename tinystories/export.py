@@ -5,7 +5,7 @@
 
 The folder holds `config.json`, `model.safetensors`, the tokenizer, `generation_config.json` (the recipe's sampling
 defaults) and a model card `README.md`; `AutoModelForCausalLM.from_pretrained("my-model")` loads it, and so does
-`python -m tinystories generate --ckpt_path my-model`. Keys of `torch.compile`d runs lose their `_orig_mod.`.
+`python -m tinystories generate --ckpt_path my-model`.
 """
 
 import os
@@ -15,9 +15,10 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from tinystories import InputError
+from tinystories import checkpoint as ckpt
 from tinystories.checks import writable
-from tinystories.generate import generation_config, model_from_checkpoint, read_checkpoint, tokenizer_from_checkpoint
+from tinystories.errors import UserError
+from tinystories.generate import generation_config
 
 # The reference recipe's sampling defaults, written to generation_config.json.
 SAMPLING = dict(do_sample=True, temperature=0.8, top_k=40, top_p=0.95)
@@ -37,14 +38,8 @@ def training_summary(checkpoint: dict) -> dict:
 
 
 def validation_metrics(checkpoint: dict) -> dict:
-    """`val/*` metrics stored by `TinyStoriesLM.on_save_checkpoint`; older checkpoints have only ModelCheckpoint's."""
-    if checkpoint.get("val_metrics"):
-        return dict(checkpoint["val_metrics"])
-    for key, state in checkpoint.get("callbacks", {}).items():
-        score = state.get("current_score") if key.startswith("ModelCheckpoint") else None
-        if score is not None and state.get("monitor") == "val/loss":
-            return {"val/loss": float(score)}
-    return {}
+    """`val/*` metrics stored by `TinyStoriesLM.on_save_checkpoint` (none before the first validation)."""
+    return dict(checkpoint.get("val_metrics") or {})
 
 
 def hub_dataset(dataset: str) -> Optional[str]:
@@ -119,7 +114,7 @@ METRIC_NAMES = {"val/loss": "loss (nats per token)", "val/ppl": "perplexity", "v
 
 
 def training_text(checkpoint: dict) -> str:
-    train, hp = training_summary(checkpoint), checkpoint["hyper_parameters"]
+    train, hp = training_summary(checkpoint), checkpoint["hyper_parameters"]["optimization"]
     if train["samples"] is None:
         done = f"{train['steps']:,} steps of batch {train['batch_size']} per device (devices not recorded)."
     else:
@@ -154,7 +149,7 @@ def evaluation_text(checkpoint: dict) -> str:
     rows = "\n".join(f"| {METRIC_NAMES.get(k, k)} | {v:.4f} |" for k, v in sorted(metrics.items()))
     text = (f"On `{data.get('val_split', 'validation')}` of `{data.get('dataset')}`, at the last validation before "
             f"this checkpoint:\n\n| metric | value |\n|---|---|\n{rows}")
-    return text if "val/bpb" in metrics else text + "\n\nBits per byte were not recorded in this checkpoint."
+    return text
 
 
 def model_card(checkpoint: dict, model, tokenizer, name: str) -> str:
@@ -177,12 +172,9 @@ def model_card(checkpoint: dict, model, tokenizer, name: str) -> str:
 
 def check_out_dir(out_dir: Path) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise SystemExit(f"error: --out_dir {out_dir} exists and is not an empty folder; choose a new one "
-                         "(nothing was written)")
-    try:
-        writable("--out_dir", out_dir)  # before the checkpoint is read and the model rebuilt
-    except InputError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UserError(f"--out_dir {out_dir} exists and is not an empty folder; choose a new one (nothing was "
+                        "written)")
+    writable("--out_dir", out_dir)  # before the checkpoint is read and the model rebuilt
 
 
 def hub_token() -> str:
@@ -190,10 +182,10 @@ def hub_token() -> str:
     from huggingface_hub import constants, get_token
 
     if constants.HF_HUB_OFFLINE:
-        raise SystemExit("error: --push_to_hub: HF_HUB_OFFLINE is set; unset it to upload (nothing was written)")
+        raise UserError("--push_to_hub: HF_HUB_OFFLINE is set; unset it to upload (nothing was written)")
     token = get_token()
     if token is None:
-        raise SystemExit("error: --push_to_hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN "
+        raise UserError("--push_to_hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN "
                          "(nothing was written)")
     return token
 
@@ -208,15 +200,15 @@ def push(folder: Path, repo_id: str, token: str, private: bool) -> str:
                                    commit_message="Upload TinyStories model exported by tinystories")
     except Exception as err:  # no network, a bad token, a repo of someone else's: one line, the export stays
         first_line = (str(err).strip().splitlines() or [""])[0]
-        raise SystemExit(f"error: --push_to_hub {repo_id}: upload failed ({type(err).__name__}: {first_line}); "
+        raise UserError(f"--push_to_hub {repo_id}: upload failed ({type(err).__name__}: {first_line}); "
                          f"the export is in {folder}") from err
     return getattr(commit, "commit_url", f"https://huggingface.co/{repo_id}")
 
 
 def write_folder(checkpoint: dict, ckpt_path: Path, out_dir: Path, name: str, max_new_tokens: int) -> int:
     """Write the export into a temporary sibling folder and rename it, so `out_dir` appears whole or not at all."""
-    model = model_from_checkpoint(checkpoint)[1]
-    tokenizer = tokenizer_from_checkpoint(checkpoint, ckpt_path)
+    model = ckpt.model_of(checkpoint)
+    tokenizer = ckpt.tokenizer_of(checkpoint, ckpt_path)
     model.generation_config = generation_config(tokenizer, max_new_tokens, **SAMPLING)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
@@ -257,10 +249,10 @@ def main(
     """
     ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
     if not ckpt_path.is_file():
-        raise SystemExit(f"error: --ckpt_path {ckpt_path}: no such checkpoint file")
+        raise UserError(f"--ckpt_path {ckpt_path}: no such checkpoint file; give a .ckpt written by fit")
     check_out_dir(out_dir)
     token = hub_token() if push_to_hub else None
-    checkpoint = read_checkpoint(ckpt_path)
+    checkpoint = ckpt.read(ckpt_path)
     name = push_to_hub or out_dir.name
     parameters = write_folder(checkpoint, ckpt_path, out_dir, name, max_new_tokens)
     print(f"Exported {parameters:,} parameters (step {checkpoint.get('global_step')}) to {out_dir}")

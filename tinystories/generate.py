@@ -6,83 +6,20 @@
 
 Prompts are encoded without BOS, as the training stories were, and batched with left padding; `generate` derives
 each row's positions from the attention mask, so a prompt's story does not depend on its batch. `sample_stories`
-is shared with the `SampleStories` training callback. A checkpoint carries its tokenizer (`TinyStoriesData`'s
-state), so it needs nothing else.
+is shared with the `SampleStories` training callback. A checkpoint carries its tokenizer, so it needs nothing else
+(`tinystories/checkpoint.py` reads both kinds of input).
 """
 
 import json
 import random
-import tempfile
-import zipfile
 from pathlib import Path
 from typing import Literal, Optional, Union
 
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from tinystories.checks import one_line
-from tinystories.model import TinyStoriesLM
-from tinystories.tokenizer import load_tokenizer
-
-COMPILE_PREFIX = "_orig_mod."  # torch.compile's wrapper inserts it into every key of a compiled submodule
-
-
-def strip_compile_prefix(state_dict: dict) -> dict:
-    return {k.replace(COMPILE_PREFIX, ""): v for k, v in state_dict.items()}
-
-
-def read_checkpoint(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated file, not a checkpoint, an unpickling error: all end the same way
-        why = one_line(err, 160) if zipfile.is_zipfile(path) else "truncated or not a checkpoint: no zip directory"
-        raise SystemExit(f"error: --ckpt_path {path}: not a readable Lightning checkpoint ({why})") from err
-
-
-def model_from_checkpoint(checkpoint: dict) -> tuple[TinyStoriesLM, PreTrainedModel]:
-    """The Lightning module rebuilt from the checkpoint's hyperparameters, and its `LlamaForCausalLM` with weights."""
-    hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
-    module = TinyStoriesLM(**hparams)
-    prefix = "model."
-    weights = {k[len(prefix):]: v for k, v in strip_compile_prefix(checkpoint["state_dict"]).items()
-               if k.startswith(prefix)}
-    module.model.load_state_dict(weights, strict=True)
-    return module.eval(), module.model
-
-
-def tokenizer_from_checkpoint(checkpoint: dict, path: Path) -> PreTrainedTokenizerBase:
-    """The tokenizer saved in the checkpoint; for older checkpoints, the data module's `data.tokenizer` again."""
-    files = checkpoint.get("TinyStoriesData", {}).get("tokenizer_files")
-    if files:
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, text in files.items():
-                (Path(tmp) / name).write_text(text, encoding="utf-8")
-            return load_tokenizer(tmp)
-    from tinystories.data import TinyStoriesData
-
-    hparams = {k: v for k, v in checkpoint.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
-    try:
-        return TinyStoriesData(**hparams).tokenizer
-    except Exception as err:
-        raise SystemExit(f"error: --ckpt_path {path}: holds no tokenizer and its data.tokenizer "
-                         f"({hparams.get('tokenizer')}) cannot be rebuilt: {err}") from err
-
-
-def load(ckpt_path: Path, device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A `LlamaForCausalLM` in eval mode on `device` and its tokenizer, from a `.ckpt` file or an exported folder."""
-    path = Path(ckpt_path)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise SystemExit(f"error: --ckpt_path {path}: a folder without config.json; give a .ckpt file or a "
-                             "folder written by `python -m tinystories export`")
-        model, tokenizer = AutoModelForCausalLM.from_pretrained(path), load_tokenizer(str(path))
-    elif path.is_file():
-        checkpoint = read_checkpoint(path)
-        model, tokenizer = model_from_checkpoint(checkpoint)[1], tokenizer_from_checkpoint(checkpoint, path)
-    else:
-        raise SystemExit(f"error: --ckpt_path {path}: no such file or folder")
-    return model.to(device).eval(), tokenizer
-
+from tinystories import checkpoint
+from tinystories.errors import UserError
 
 def generation_config(tokenizer, max_new_tokens: int, do_sample: bool, temperature: float, top_k: int,
                       top_p: float, num_return_sequences: int = 1) -> GenerationConfig:
@@ -138,20 +75,20 @@ def read_prompts(prompt: Union[str, list[str], None], prompts_file: Optional[Pat
         try:
             lines = Path(prompts_file).read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
-            raise SystemExit(f"error: --prompts_file {prompts_file}: no such file") from None
+            raise UserError(f"--prompts_file {prompts_file}: no such file") from None
         except UnicodeDecodeError:
-            raise SystemExit(f"error: --prompts_file {prompts_file}: not UTF-8 text") from None
+            raise UserError(f"--prompts_file {prompts_file}: not UTF-8 text") from None
         prompts += [line for line in lines if line.strip()]
     if not prompts:
-        raise SystemExit("error: no prompts; give --prompt TEXT (repeatable) or --prompts_file FILE (one per line)")
+        raise UserError("no prompts; give --prompt TEXT (repeatable) or --prompts_file FILE (one per line)")
     if not all(p.strip() for p in prompts):
-        raise SystemExit("error: --prompt: an empty prompt; give each story's first words")
+        raise UserError("--prompt: an empty prompt; give each story's first words")
     return prompts
 
 
 def pick_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda: no CUDA device is available; use --device cpu")
+        raise UserError("--device cuda: no CUDA device is available; use --device cpu")
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
@@ -190,13 +127,14 @@ def main(
     """
     prompts = read_prompts(prompt, prompts_file)
     if num_return_sequences < 1 or batch_size < 1 or max_new_tokens < 1:
-        raise SystemExit("error: --num_return_sequences, --batch_size and --max_new_tokens must be at least 1")
+        raise UserError("--num_return_sequences, --batch_size and --max_new_tokens must be at least 1")
     if num_return_sequences > 1 and not do_sample:
-        raise SystemExit("error: --num_return_sequences > 1 needs --do_sample true (greedy gives one story)")
+        raise UserError("--num_return_sequences > 1 needs --do_sample true (greedy gives one story)")
     if output is not None and Path(output).exists():
-        raise SystemExit(f"error: --output {output} already exists; choose a new file (nothing was written)")
+        raise UserError(f"--output {output} already exists; choose a new file (nothing was written)")
     seed = random.SystemRandom().randrange(2**31) if seed is None and do_sample else seed
-    model, tokenizer = load(ckpt_path, pick_device(device))
+    loaded = checkpoint.load(ckpt_path, pick_device(device))
+    model, tokenizer = loaded.model, loaded.tokenizer
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p) if do_sample else {}
     stories = sample_stories(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=do_sample,
                              num_return_sequences=num_return_sequences, seed=seed, batch_size=batch_size, **sampling)

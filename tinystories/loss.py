@@ -5,9 +5,9 @@
 The logits are the largest tensor of a step (8 x 512 x 32,000 for the 19.5M model: 262 MB in bf16, then an fp32 copy
 for the softmax, then its gradient). Here they exist a chunk of rows at a time (4 to 16 MB of fp32 on a CPU): each
 chunk's softmax gives the loss and, at once, the gradient of the logits (softmax minus one-hot), which two matrix
-products turn into the gradients of the hidden states and of the head. Backward only scales what forward computed.
-On 2-core CPUs, forward and backward run 2.3x (19.5M model) to 2.9x (demo) faster than the plain head plus
-`F.cross_entropy` on machine A of the README's "Performance", 2.0x to 2.3x on machine B (`python benchmarks/loss.py`).
+products turn into the gradients of the hidden states and of the head. Backward only scales what forward computed,
+and forward plus backward run about twice as fast as the plain head plus `F.cross_entropy` on a 2-core CPU
+(`python benchmarks/loss.py`; docs/performance.md).
 
 Numerics follow autocast: the products run in the autocast dtype (bf16 or fp16) when autocast is on, else in the
 weight's dtype; the softmax and the loss are fp32, as autocast computes `cross_entropy`.
@@ -18,8 +18,8 @@ import torch
 IGNORE_INDEX = -100
 # Rows of logits per chunk: on the CPU, a chunk's fp32 softmax within a core's L2 cache (2**20 elements, 4 MB) but at
 # least 128 rows, which keep the products efficient (256 rows at a 4k vocabulary, 128 at 32k); the head's gradient is
-# summed over 512 rows at a time, fewer and larger products. Measured on two 2-core CPUs (README, "Performance").
-# On a GPU, larger chunks keep kernel launches few (not measured here: no GPU was lent).
+# summed over 512 rows at a time, fewer and larger products. On a GPU, larger chunks keep kernel launches few (a
+# guess: no GPU has measured it).
 CHUNK_ELEMENTS = {"cpu": 2**20, "default": 2**27}
 MIN_ROWS = {"cpu": 128, "default": 1}
 GROUP_ROWS = {"cpu": 512, "default": 1}

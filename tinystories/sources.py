@@ -14,7 +14,7 @@ from pathlib import Path
 
 import datasets
 
-from tinystories import InputError
+from tinystories.errors import UserError
 
 from tinystories.synthetic import SYNTHETIC_VERSION, generate_stories
 
@@ -27,7 +27,7 @@ SYNTHETIC_VAL_FRACTION = 20  # validation gets 1/20 as many stories as train, fr
 SPLIT_RE = re.compile(r"^(\w+)(\[.*\])?$")
 
 
-class DataSourceError(InputError):
+class DataSourceError(UserError):
     """Bad input in a data source; the message names the file or option and what to do."""
 
 

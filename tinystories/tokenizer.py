@@ -17,8 +17,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from tinystories import InputError
-from tinystories.checks import one_line
+from tinystories.errors import UserError, one_line
 from tinystories.sources import iter_texts, load_split
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
@@ -26,7 +25,7 @@ SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
-class TokenizerError(InputError):
+class TokenizerError(UserError):
     """A tokenizer that cannot be used; the message names it and says what to do."""
 
 
@@ -130,7 +129,7 @@ def main(
     """
     out_dir = Path(out_dir)
     if out_dir.exists():
-        raise SystemExit(f"error: --out_dir {out_dir} already exists; choose a new folder (nothing was written)")
+        raise UserError(f"--out_dir {out_dir} already exists; choose a new folder (nothing was written)")
     texts = load_split(dataset, split, synthetic_stories)
     tokenizer = train_bpe(iter_texts(texts), vocab_size, out_dir)
     print(f"Trained a {len(tokenizer)}-token BPE on {len(texts):,} stories of {dataset}; saved to {out_dir}")
