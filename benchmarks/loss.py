@@ -1,64 +1,66 @@
 """The fused head and loss (`tinystories/loss.py`) against the plain head plus `F.cross_entropy`, one process.
 
-    python benchmarks/loss.py            # the 19.5M model's head (256 -> 32,000) and the demo's (192 -> 4,096)
+    python benchmarks/loss.py               # the 19.5M model's head (256 -> 32,000) and the demo's (192 -> 4,096): ~20 s
+    python benchmarks/loss.py --repeats 1   # a quick check that it runs
 
-Forward and backward of the output head and the summed loss over 8 x 512 positions, bf16 autocast as in training,
-interleaved so both see the same machine; the median of `--repeats` calls each. Prints the gradients' largest
-relative difference as a check, and `ratio=` (plain time / fused time) per shape.
+Forward and backward of the output head and the summed loss over `--tokens` positions (default the demo's batch:
+8 x 512), bf16 autocast as in training, interleaved so both see the same machine; the median of `--repeats` calls
+each. Head shapes come from configs/tinystories-20m-fast.yaml (LLaMA-2's 32,000 tokens) and configs/demo.yaml (its
+trained BPE's size). Prints the gradients' largest relative difference as a check, and `ratio=` (plain time / fused
+time) per shape.
 """
 
 import argparse
-import statistics
-import sys
-import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import architecture, interleaved, load_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tinystories.loss import linear_cross_entropy
 
-from tinystories.loss import linear_cross_entropy  # noqa: E402
 
-SHAPES = {"19.5M model (d 256, vocab 32,000)": (256, 32000), "demo (d 192, vocab 4,096)": (192, 4096)}
+def shapes() -> dict[str, tuple[int, int]]:
+    """name: (hidden size, vocabulary) of each config's output head."""
+    fast, demo = load_config("configs/tinystories-20m-fast.yaml"), load_config("configs/demo.yaml")
+    reference = architecture(fast)  # vocab_size: the LLaMA-2 tokenizer's 32,000, Architecture's default
+    d, vocab = architecture(demo).hidden_size, demo["data"]["tokenizer_vocab_size"]
+    return {f"19.5M model (d {reference.hidden_size}, vocab {reference.vocab_size:,})": (reference.hidden_size,
+                                                                                         reference.vocab_size),
+            f"demo (d {d}, vocab {vocab:,})": (d, vocab)}
 
 
 def plain(hidden, weight, targets):
     return F.cross_entropy(F.linear(hidden, weight), targets, ignore_index=-100, reduction="sum")
 
 
-def timed(fn, hidden, weight, targets) -> tuple[float, list[torch.Tensor]]:
+def gradients(fn, hidden, weight, targets) -> list[torch.Tensor]:
     hidden.grad = weight.grad = None
-    start = time.perf_counter()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         nats = fn(hidden, weight, targets)
     (nats / targets.numel()).backward()
-    return time.perf_counter() - start, [hidden.grad, weight.grad]
+    return [hidden.grad, weight.grad]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=8 * 512)
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     print(f"torch threads: {torch.get_num_threads()}; {args.tokens} positions, bf16 autocast, forward + backward")
-    for name, (d, vocab) in SHAPES.items():
+    for name, (d, vocab) in shapes().items():
         torch.manual_seed(0)
         hidden = torch.randn(args.tokens, d, requires_grad=True)
         weight = (torch.randn(vocab, d) * d ** -0.5).requires_grad_()
         targets = torch.randint(0, vocab, (args.tokens,))
-        times = {plain: [], linear_cross_entropy: []}
-        for i in range(args.repeats + 2):
-            for fn in times:
-                seconds, grads = timed(fn, hidden, weight, targets)
-                if i >= 2:  # warm-up calls left out
-                    times[fn].append(seconds)
-                if fn is plain:
-                    reference = [g.clone() for g in grads]
-        diff = max(float((a - b).norm() / b.norm()) for a, b in zip(grads, reference))
-        base, fused = statistics.median(times[plain]), statistics.median(times[linear_cross_entropy])
-        print(f"{name}: plain {base * 1e3:.0f} ms, fused {fused * 1e3:.0f} ms, gradients differ by {diff:.1e} "
-              f"(relative norm); ratio={base / fused:.2f}")
+        fns = {"plain": plain, "fused": linear_cross_entropy}
+        timings = interleaved({k: (lambda i, fn=fn: gradients(fn, hidden, weight, targets)) for k, fn in fns.items()},
+                              args.repeats, 1)
+        reference = [g.clone() for g in gradients(plain, hidden, weight, targets)]
+        fused = gradients(linear_cross_entropy, hidden, weight, targets)
+        diff = max(float((a - b).norm() / b.norm()) for a, b in zip(fused, reference))
+        base, ours = timings["plain"].ms, timings["fused"].ms
+        print(f"{name}: plain {base:.0f} ms, fused {ours:.0f} ms, gradients differ by {diff:.1e} (relative norm); "
+              f"ratio={base / ours:.2f}")
 
 
 if __name__ == "__main__":

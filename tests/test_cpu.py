@@ -9,12 +9,13 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tests.conftest import fit_args
+from tests.conftest import fit_args, tiny_model
 from tinystories.attention import ATTENTION
 from tinystories.callbacks import ReuseFreedMemory
 from tinystories.cli import cli_main
 from tinystories.data import collate
 from tinystories.model import TinyStoriesLM
+from tinystories.optim import configure
 
 SMALL_HEADS = dict(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                    max_position_embeddings=128)  # heads of 16, as the 19.5M reference model
@@ -51,15 +52,15 @@ def attention_dtypes(model: TinyStoriesLM, autocast: bool) -> set[torch.dtype]:
     (SMALL_HEADS, False, {torch.float32}),   # fp32 training is untouched
 ])
 def test_small_heads_run_attention_in_fp32_under_cpu_autocast(hparams, autocast, expected):
-    model = TinyStoriesLM(**hparams)
+    model = tiny_model(hparams)
     assert model.model.config._attn_implementation == ATTENTION
     assert attention_dtypes(model, autocast) == expected
 
 
 def test_attention_matches_sdpa_with_and_without_padding():
     torch.manual_seed(0)
-    ours = TinyStoriesLM(**SMALL_HEADS)
-    plain = TinyStoriesLM(**SMALL_HEADS)
+    ours = tiny_model(SMALL_HEADS)
+    plain = tiny_model(SMALL_HEADS)
     plain.load_state_dict(ours.state_dict())
     plain.model.set_attn_implementation("sdpa")
     batch = batch_of(30, 7, 18)  # left-padded: the mask must reach the attention
@@ -74,9 +75,8 @@ def test_attention_matches_sdpa_with_and_without_padding():
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_adamw_is_fused_on_the_cpu(optimizer):
-    model = TinyStoriesLM(**SMALL_HEADS, optimizer=optimizer)
-    model._trainer = SimpleNamespace(estimated_stepping_batches=10)  # what configure_optimizers reads
-    adamw = model.configure_optimizers()["optimizer"]
+    model = tiny_model(SMALL_HEADS, optimizer=optimizer)
+    adamw, _ = configure(model.model.named_parameters(), model.optimization, total_steps=10, device="cpu")
     adamw = adamw.adamw if optimizer == "muon" else adamw
     assert all(group["fused"] for group in adamw.param_groups)
 
@@ -114,11 +114,11 @@ def test_freed_memory_is_kept_for_reuse_while_fitting_on_the_cpu(tmp_path, tiny_
 
 
 def test_compile_without_a_cpp_compiler_trains_eager_with_a_warning(monkeypatch):
-    model = TinyStoriesLM(**SMALL_HEADS, compile=True)
+    model = tiny_model(SMALL_HEADS, compile=True)
     monkeypatch.setattr("tinystories.model.cpp_compiler", lambda: None)
     with pytest.warns(UserWarning, match="needs a C\\+\\+ compiler"):
         model.configure_model()
-    assert "compiled" not in model.__dict__
+    assert not getattr(model, "compiled", False)
     monkeypatch.undo()
     model.configure_model()  # this machine has one: compiled lazily, on the first training step
-    assert "compiled" in model.__dict__
+    assert model.compiled and all(layer._compiled_call_impl is not None for layer in model.model.model.layers)

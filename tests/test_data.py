@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import DataCollatorForLanguageModeling
 
-from tests.conftest import LLAMA_TOKENIZER, TINYSTORIES
+from tests.conftest import LLAMA_TOKENIZER, TINYSTORIES, needs_shared
 from tinystories.data import TinyStoriesData, collate, tokenize_batch
 from tinystories.sources import DataSourceError, load_split
 from tinystories.tokenizer import load_tokenizer, token_bytes
@@ -21,6 +21,7 @@ def test_collate_left_pads_to_golden_lists():
     assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 0, 1], [0, 0, 0]]
 
 
+@needs_shared
 def test_collate_matches_hf_language_modeling_collator():
     tokenizer = load_tokenizer(str(LLAMA_TOKENIZER))
     texts = ["Once upon a time, there was a cat.", "Tom ran.", "Lily and her dog played in the big park all day."]
@@ -31,12 +32,14 @@ def test_collate_matches_hf_language_modeling_collator():
         assert ours[key].tolist() == theirs[key].tolist(), key
 
 
+@needs_shared
 def test_llama_tokenizer_gets_unk_as_left_pad():
     tokenizer = load_tokenizer(str(LLAMA_TOKENIZER))
     assert (tokenizer.unk_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
     assert tokenizer.pad_token_id == 0 and tokenizer.padding_side == "left"
 
 
+@needs_shared
 def test_story_is_cut_to_its_last_tokens_and_ends_with_eos():
     tokenizer = load_tokenizer(str(LLAMA_TOKENIZER))
     sizes = torch.tensor(token_bytes(tokenizer)).numpy()
@@ -69,6 +72,7 @@ def test_num_bytes_counts_the_text_the_targets_cover(tiny_tokenizer_dir):
         assert num_bytes == len(text.encode()) - len(first.encode())
 
 
+@needs_shared
 def test_local_folder_reads_shared_tinystories():
     assert len(load_split(str(TINYSTORIES), "train")) == 7711
     valid = load_split(str(TINYSTORIES), "validation")
@@ -78,6 +82,7 @@ def test_local_folder_reads_shared_tinystories():
     assert valid[0]["text"] == first
 
 
+@needs_shared
 def test_local_jsonl_and_saved_folder_give_the_same_stories(tmp_path):
     (tmp_path / "jsonl").mkdir()
     for split in ("train", "valid"):
@@ -94,7 +99,7 @@ def test_synthetic_source_is_seeded():
     assert train["text"] == load_split("synthetic", "train", synthetic_stories=200)["text"]
 
 
-@pytest.mark.parametrize("dataset, match", [("./no/such/folder", "no such folder"), (str(LLAMA_TOKENIZER), "no file")])
+@pytest.mark.parametrize("dataset, match", [("./no/such/folder", "no such folder"), pytest.param(str(LLAMA_TOKENIZER), "no file", marks=needs_shared)])
 def test_bad_local_source_names_the_path(dataset, match):
     with pytest.raises(DataSourceError, match=match):
         load_split(dataset, "train")
@@ -117,6 +122,7 @@ def test_prepare_data_caches_token_ids(tiny_tokenizer_dir, tmp_path, monkeypatch
     assert other.cache_path("train") != again.cache_path("train")
 
 
+@needs_shared
 def test_untokenized_demo_trains_its_own_tokenizer_per_source(tmp_path):
     synthetic = TinyStoriesData(dataset="synthetic", synthetic_stories=300, tokenizer_vocab_size=400,
                                 cache_dir=str(tmp_path))
@@ -168,6 +174,7 @@ def test_tokenizing_leaves_only_the_cache_and_gives_the_direct_ids(tiny_tokenize
     assert [int(n) for n in dm.splits["train"]["num_bytes"]] == direct["num_bytes"]
 
 
+@needs_shared
 def test_validation_batches_stories_of_similar_length_each_once():
     dm = TinyStoriesData(dataset=str(TINYSTORIES), tokenizer=str(LLAMA_TOKENIZER), val_split="validation[:200]",
                          train_split="validation[:8]", max_length=512, batch_size=8)

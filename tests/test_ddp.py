@@ -2,7 +2,7 @@
 
 One `fit` of the tiny model (`--trainer.strategy ddp --trainer.devices 2`) is shared by the tests: 4 steps,
 validation every 2 on 17 stories (odd, so Lightning's padding `DistributedSampler` would repeat one), throughput every
-2 steps, one sample story per validation, `model.schedule_by_max_time` on. Callbacks from tests/helpers.py record
+2 steps, one sample story per validation, `model.optimization.schedule_by_max_time` on. Callbacks from tests/helpers.py record
 what each rank did, per rank.
 """
 
@@ -45,7 +45,7 @@ def ddp_run(tmp_path_factory, tiny_tokenizer_dir):
     args = ddp_args(root, tiny_tokenizer_dir, "--trainer.strategy", "ddp", "--samples.prompts", '["Once upon a time"]',
                     "--samples.max_new_tokens", "8", callback("RecordBatches", root / "batches"),
                     # rank 0's clock is broadcast before every step: this run checks the collective is matched
-                    "--model.schedule_by_max_time", "true", "--trainer.max_time", "00:01:00:00",
+                    "--model.optimization.schedule_by_max_time", "true", "--trainer.max_time", "00:01:00:00",
                     callback("RecordRanks", root / "events"))
     args[args.index("--trainer.devices") + 1] = "2"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

@@ -32,7 +32,7 @@ def file_with(tmp_path, name: str, content: bytes) -> str:
     return str(tmp_path / name)
 
 
-TYPO = b"model:\n  hidden_sise: 64\n"
+TYPO = b"model:\n  architecture:\n    hidden_sise: 64\n"
 
 
 def under_a_file(tmp_path, name: str) -> str:
@@ -52,11 +52,11 @@ def folder_with(tmp_path, name: str, content: bytes):
      "data.dataset ./no-such-folder: no such folder"),
     ("missing tokenizer", lambda t, tok: fit(t, "./no-such-tokenizer"), "data.tokenizer ./no-such-tokenizer: no such"),
     ("batch size 0", lambda t, tok: fit(t, tok, "--data.batch_size", "0"), "data.batch_size is 0"),
-    ("negative learning rate", lambda t, tok: fit(t, tok, "--model.learning_rate", "-1"), "model.learning_rate is -1"),
-    ("zero embedding learning rate", lambda t, tok: fit(t, tok, "--model.embedding_learning_rate", "0"),
-     "model.embedding_learning_rate is 0.0"),
-    ("decay fraction above 1", lambda t, tok: fit(t, tok, "--model.decay_fraction", "1.5"),
-     "model.decay_fraction is 1.5"),
+    ("negative learning rate", lambda t, tok: fit(t, tok, "--model.optimization.learning_rate", "-1"), "model.optimization.learning_rate is -1"),
+    ("zero embedding learning rate", lambda t, tok: fit(t, tok, "--model.optimization.embedding_learning_rate", "0"),
+     "model.optimization.embedding_learning_rate is 0.0"),
+    ("decay fraction above 1", lambda t, tok: fit(t, tok, "--model.optimization.decay_fraction", "1.5"),
+     "model.optimization.decay_fraction is 1.5"),
     ("invalid UTF-8", lambda t, tok: fit(t, tok, "--data.dataset", folder_with(t, "train.txt", b"Tom \xff ran.\n")),
      "train.txt: not UTF-8"),
     ("no text field", lambda t, tok: fit(t, tok, "--data.dataset", folder_with(t, "train.jsonl", b'{"story": "x"}\n')),
@@ -77,9 +77,9 @@ def folder_with(tmp_path, name: str, content: bytes):
     ("no tokenizer files", lambda t, tok: fit(t, folder_with(t, "notes.txt", b"x")),
      "no tokenizer files in this folder"),
     ("unknown option in YAML", lambda t, tok: fit(t, tok, "--config", file_with(t, "typo.yaml", TYPO)),
-     "typo.yaml: unknown option model.hidden_sise; did you mean model.hidden_size?"),
-    ("unknown option", lambda t, tok: fit(t, tok, "--model.hidden_sise", "64"),
-     "the command line: unknown option model.hidden_sise; did you mean model.hidden_size?"),
+     "typo.yaml: unknown option model.architecture.hidden_sise; did you mean model.architecture.hidden_size?"),
+    ("unknown option", lambda t, tok: fit(t, tok, "--model.architecture.hidden_sise", "64"),
+     "the command line: unknown option model.architecture.hidden_sise; did you mean model.architecture.hidden_size?"),
     ("root dir under a file", lambda t, tok: fit(t, tok, "--trainer.default_root_dir", under_a_file(t, "runs")),
      "--trainer.default_root_dir {t}/f/runs: {t}/f is a file, not a folder"),
     ("checkpoint dir under a file", lambda t, tok: fit(t, tok, "--checkpoint.dirpath", under_a_file(t, "ckpt")),
@@ -100,11 +100,8 @@ def test_bad_input_is_one_line(case, make_args, expected, tmp_path, tiny_tokeniz
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_tokenizer_dir):
-    """A one-step run of the tiny model: its folder and last.ckpt."""
-    root = tmp_path_factory.mktemp("trained")
-    main(fit_args(root, tiny_tokenizer_dir, "--trainer.max_steps", "1", "--data.synthetic_stories", "40"))
-    return root, root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+def trained(trained_run, trained_ckpt):
+    return trained_run, trained_ckpt
 
 
 def resume(root, tokenizer, ckpt, *extra):
@@ -116,7 +113,7 @@ def resume(root, tokenizer, ckpt, *extra):
 def test_checkpoint_of_another_architecture_or_tokenizer_is_one_line(tmp_path, trained, tiny_tokenizer_dir):
     _, ckpt = trained
     with pytest.raises(SystemExit) as exit_:
-        main(resume(tmp_path, tiny_tokenizer_dir, ckpt, "--model.hidden_size", "64"))
+        main(resume(tmp_path, tiny_tokenizer_dir, ckpt, "--model.architecture.hidden_size", "64"))
     assert_one_line(exit_.value, f"--ckpt_path {ckpt}: was trained with hidden_size 32 (config: 64)")
     other = tmp_path / "tok300"
     train_bpe(generate_stories(100, seed=0), 300, other)
@@ -133,8 +130,9 @@ def test_truncated_checkpoint_is_one_line_for_fit_generate_and_export(tmp_path, 
     cut.write_bytes(ckpt.read_bytes()[:len(ckpt.read_bytes()) // 2])  # a crash mid-copy
     for args, expected in [
         (resume(tmp_path, tiny_tokenizer_dir, cut), f"--ckpt_path {cut}: truncated or not a checkpoint"),
-        (["generate", "--ckpt_path", str(cut), "--prompt", "Tom"], f"--ckpt_path {cut}: not a readable"),
-        (["export", "--ckpt_path", str(cut), "--out_dir", str(tmp_path / "out")], f"--ckpt_path {cut}: not a readable"),
+        (["generate", "--ckpt_path", str(cut), "--prompt", "Tom"], f"--ckpt_path {cut}: truncated or not a checkpoint"),
+        (["export", "--ckpt_path", str(cut), "--out_dir", str(tmp_path / "out")],
+         f"--ckpt_path {cut}: truncated or not a checkpoint"),
     ]:
         with pytest.raises(SystemExit) as exit_:
             main(args)
@@ -261,7 +259,7 @@ def test_checkpoint_with_code_is_refused_without_running_it(tmp_path, tiny_token
                  ["export", "--ckpt_path", str(evil), "--out_dir", str(tmp_path / "out")]):
         with pytest.raises(SystemExit) as exit_:
             main(args)
-        assert_one_line(exit_.value, f"--ckpt_path {evil}: not a readable Lightning checkpoint")
+        assert_one_line(exit_.value, f"--ckpt_path {evil}: not a readable checkpoint")
         assert "Weights only load failed" in str(exit_.value.code) and not marker.exists()
 
 
@@ -275,8 +273,8 @@ def test_resume_loads_the_checkpoint_with_weights_only(tmp_path, trained, monkey
         return load(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", spy)
-    main(["fit", "--config", str(root / "lightning_logs/version_0/config.yaml"), "--ckpt_path", "last",
-          "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path)])
+    main(["fit", "--config", str(root / "config.yaml"), "--ckpt_path", "last",
+          "--trainer.max_steps", "122", "--trainer.default_root_dir", str(tmp_path)])
     assert calls and all(w is True for w in calls), calls  # our checks, Lightning's restore
 
 

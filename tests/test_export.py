@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-from tests.conftest import ROOT, fit_args
+from tests.conftest import ROOT
 from tinystories.__main__ import main as run_verb
 from tinystories.cli import cli_main
 from tinystories.export import model_card
-from tinystories.generate import load, model_from_checkpoint, tokenizer_from_checkpoint
+from tinystories.checkpoint import load, model_of, tokenizer_of
 from tinystories.model import TinyStoriesLM
 from tinystories.tokenizer import load_tokenizer
 
@@ -23,12 +23,8 @@ TEXT = ["Once upon a time, there was a little girl named Lily.", "Tom"]
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, tiny_tokenizer_dir, cache_dir):
-    """30 steps of the tiny model, validated at the end (~2 s)."""
-    root = tmp_path_factory.mktemp("export-run")
-    cli_main(fit_args(root, tiny_tokenizer_dir, "--trainer.max_steps", "30", "--trainer.val_check_interval", "30",
-                      "--trainer.check_val_every_n_epoch", "null"))
-    return root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+def ckpt(trained_ckpt):
+    return trained_ckpt
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +45,7 @@ def lightning_logits(ckpt, tokenizer) -> tuple[torch.Tensor, dict]:
 def test_checkpoint_carries_its_tokenizer_and_validation_metrics(ckpt, tiny_tokenizer_dir):
     checkpoint = torch.load(ckpt, weights_only=True)
     assert set(checkpoint["TinyStoriesData"]["tokenizer_files"]) == {"tokenizer.json", "tokenizer_config.json"}
-    rebuilt, original = tokenizer_from_checkpoint(checkpoint, ckpt), load_tokenizer(str(tiny_tokenizer_dir))
+    rebuilt, original = tokenizer_of(checkpoint, ckpt), load_tokenizer(str(tiny_tokenizer_dir))
     assert rebuilt(TEXT)["input_ids"] == original(TEXT)["input_ids"] and rebuilt.padding_side == "left"
     assert rebuilt.pad_token_id == original.pad_token_id and rebuilt.eos_token_id == original.eos_token_id
     metrics = checkpoint["val_metrics"]
@@ -84,8 +80,8 @@ def test_model_card_states_what_the_checkpoint_records(ckpt, exported):
     assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-generation\n")
     assert f"A {parameters:,}-parameter LLaMA" in card and "| layers | 2 |" in card and "| hidden size | 32 |" in card
     assert "Stories from `synthetic`: trained on split `train`, validated on `validation`" in card
-    # 30 steps x batch 8 x 1 device x 1 accumulation = 240 samples of at most 128 tokens.
-    assert "30 optimizer steps of 8 samples" in card and "240 samples" in card and "at most 30,720 tokens" in card
+    # 120 steps x batch 8 x 1 device x 1 accumulation = 960 samples of at most 128 tokens.
+    assert "120 optimizer steps of 8 samples" in card and "960 samples" in card and "at most 122,880 tokens" in card
     for name, value in checkpoint["val_metrics"].items():
         assert f"{value:.4f}" in card, name
     assert "bits per UTF-8 byte" in card and 'AutoModelForCausalLM.from_pretrained("tiny-stories")' in card
@@ -97,46 +93,27 @@ def test_pipeline_writes_a_story(exported):
     assert story.startswith("Once upon a time") and len(story) > len("Once upon a time") + 5
 
 
-def test_compiled_runs_export_without_orig_mod_prefixes(ckpt, tmp_path):
-    checkpoint = torch.load(ckpt, weights_only=True)
-    # What `self.model = torch.compile(self.model)` saves: the wrapper's `_orig_mod.` in every key.
-    state = checkpoint["state_dict"]
-    checkpoint["state_dict"] = {k.replace("model.", "model._orig_mod.", 1): v for k, v in state.items()}
-    assert all("_orig_mod." in k for k in checkpoint["state_dict"])
-    compiled = tmp_path / "compiled.ckpt"
-    torch.save(checkpoint, compiled)
-    run_verb(["export", "--ckpt_path", str(compiled), "--out_dir", str(tmp_path / "out")])
-    assert not [k for k in load_file(tmp_path / "out" / "model.safetensors") if "_orig_mod" in k]
-    model, tokenizer = load(compiled)
-    expected, batch = lightning_logits(ckpt, tokenizer)
-    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
-    with torch.no_grad():
-        torch.testing.assert_close(model(**batch).logits, expected)
-        torch.testing.assert_close(exported(**batch).logits, expected)
-
-
-
 def test_model_card_states_the_schedule_and_weight_decay_that_trained(ckpt, tiny_tokenizer_dir):
     checkpoint = torch.load(ckpt, weights_only=True)
     tokenizer = load_tokenizer(str(tiny_tokenizer_dir))
-    card = model_card(checkpoint, model_from_checkpoint(checkpoint)[1], tokenizer, "tiny")
+    card = model_card(checkpoint, model_of(checkpoint), tokenizer, "tiny")
     assert "warmup steps then cosine decay to zero, weight decay 0.0." in card  # the tiny run: AdamW, cosine
-    checkpoint["hyper_parameters"].update(optimizer="muon", lr_schedule="wsd", decay_fraction=0.4, warmup_steps=50,
-                                          weight_decay=0.0, muon_weight_decay=0.2)  # configs/demo.yaml
-    card = model_card(checkpoint, model_from_checkpoint(checkpoint)[1], tokenizer, "demo")
+    checkpoint["hyper_parameters"]["optimization"].update(optimizer="muon", lr_schedule="wsd", decay_fraction=0.4,
+                                                          warmup_steps=50, weight_decay=0.0,
+                                                          muon_weight_decay=0.2)  # configs/demo.yaml
+    card = model_card(checkpoint, model_of(checkpoint), tokenizer, "demo")
     assert ("50 warmup steps, constant, then linear decay to zero over the last 40% of the run, weight decay 0.2 on "
             "the hidden matrices and 0.0 on the rest.") in card
 
-def test_older_checkpoints_fall_back_to_data_tokenizer_and_model_checkpoint_score(ckpt, tiny_tokenizer_dir):
+def test_a_checkpoint_of_another_project_is_one_line(ckpt, tmp_path):
     checkpoint = torch.load(ckpt, weights_only=True)
-    # As saved before the data module stored its tokenizer and the model its validation metrics.
-    del checkpoint["TinyStoriesData"], checkpoint["val_metrics"], checkpoint["train_shape"]
-    tokenizer = tokenizer_from_checkpoint(checkpoint, ckpt)
-    assert tokenizer(TEXT)["input_ids"] == load_tokenizer(str(tiny_tokenizer_dir))(TEXT)["input_ids"]
-    card = model_card(checkpoint, model_from_checkpoint(checkpoint)[1], tokenizer, "old")
-    score = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("ModelCheckpoint"))["current_score"]
-    assert f"| loss (nats per token) | {float(score):.4f} |" in card and "perplexity" not in card
-    assert "Bits per byte were not recorded" in card and "30 steps of batch 8 per device (devices not recorded)" in card
+    checkpoint["hyper_parameters"] = {"hidden_size": 32}  # a Lightning checkpoint, but not of this model
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save(checkpoint, foreign)
+    with pytest.raises(SystemExit, match=r"^error: --ckpt_path .*foreign.ckpt: not written by `python -m tinystories "
+                                         r"fit` \(no model.architecture"):
+        run_verb(["export", "--ckpt_path", str(foreign), "--out_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
 
 
 def test_refuses_a_non_empty_out_dir_without_touching_it(ckpt, tmp_path):

@@ -9,54 +9,38 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import ROOT, fit_args
+from tests.conftest import ROOT, SAMPLE_PROMPTS
 from tinystories.__main__ import append_repeats
 from tinystories.__main__ import main as run_verb
 from tinystories.cli import cli_main
-from tinystories.generate import load, sample_stories
+from tinystories.checkpoint import load
+from tinystories.generate import sample_stories
 
 PROMPTS = ["Once upon a time", "Lily", "One day, a little boy named Tom went to the park with his mom"]
-TRAINING_PROMPTS = ["Once upon a time", "Tom and Lily"]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_tokenizer_dir, cache_dir):
-    """120 steps of the tiny model (~3 s): val loss about 2.3, enough for stories that are not one repeated token.
-
-    Training samples two prompts at each of its 2 validations (the `SampleStories` callback).
-    """
-    root = tmp_path_factory.mktemp("gen-run")
-    cli = cli_main(fit_args(root, tiny_tokenizer_dir, "--trainer.max_steps", "120", "--trainer.val_check_interval",
-                            "60", "--trainer.check_val_every_n_epoch", "null", "--model.learning_rate", "1e-2",
-                            "--model.warmup_steps", "10", "--samples.prompts", json.dumps(TRAINING_PROMPTS),
-                            "--samples.max_new_tokens", "20"))
-    return cli, root / "lightning_logs" / "version_0"
-
-
-@pytest.fixture(scope="module")
-def ckpt(run):
-    return run[1] / "checkpoints" / "last.ckpt"
+def ckpt(trained_ckpt):
+    return trained_ckpt
 
 
 @pytest.fixture(scope="module")
 def loaded(ckpt):
-    return load(ckpt, "cpu")
+    loaded = load(ckpt, "cpu")
+    return loaded.model, loaded.tokenizer
 
 
-def test_training_logs_sample_stories_at_each_validation(run, loaded):
-    cli, log_dir = run
-    callback = next(c for c in cli.trainer.callbacks if type(c).__name__ == "SampleStories")
-    assert len(callback.latest) == 2 and all(s.startswith(p) for s, p in zip(callback.latest, TRAINING_PROMPTS))
-    events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+def test_training_logs_sample_stories_at_each_validation(trained_run, loaded):
+    events = EventAccumulator(str(trained_run), size_guidance={"tensors": 0})
     events.Reload()
     logged = events.Tensors("samples/text_summary")
     assert [e.step for e in logged] == [60, 120]
-    last = logged[-1].tensor_proto.string_val[0].decode()
-    assert last == "\n\n---\n\n".join(callback.latest)
+    latest = logged[-1].tensor_proto.string_val[0].decode().split("\n\n---\n\n")
+    assert len(latest) == 2 and all(s.startswith(p) for s, p in zip(latest, SAMPLE_PROMPTS))
     # The callback's stories are those of `sample_stories` with its seed, from the final model.
     model, tokenizer = loaded
-    again = sample_stories(model, tokenizer, TRAINING_PROMPTS, seed=0, max_new_tokens=20)
-    assert [s["prompt"] + s["completion"] for s in again] == callback.latest
+    again = sample_stories(model, tokenizer, SAMPLE_PROMPTS, seed=0, max_new_tokens=20)
+    assert [s["prompt"] + s["completion"] for s in again] == latest
 
 
 def test_batch_of_left_padded_prompts_gives_the_same_greedy_stories_as_one_at_a_time(loaded):

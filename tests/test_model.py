@@ -3,17 +3,17 @@ import math
 import pytest
 import torch
 
-from tests.conftest import LLAMA_TOKENIZER
+from tests.conftest import LLAMA_TOKENIZER, needs_shared, tiny_model
 from tinystories.data import collate
-from tinystories.model import TinyStoriesLM, mlp_size
+from tinystories.model import Architecture, TinyStoriesLM, mlp_size
+from tinystories.optim import Optimization
 from tinystories.tokenizer import load_tokenizer
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=300)
 
-
+@needs_shared
 def test_reference_model_has_19_532_032_parameters_with_llama2_tokenizer():
     tokenizer = load_tokenizer(str(LLAMA_TOKENIZER))
-    model = TinyStoriesLM(vocab_size=len(tokenizer))
+    model = TinyStoriesLM(Architecture(vocab_size=len(tokenizer)), Optimization())
     assert model.model.config.intermediate_size == 768 == mlp_size(256)
     assert model.model.config.num_key_value_heads == 8 and not model.model.config.tie_word_embeddings
     assert model.num_parameters() == 19_532_032
@@ -24,7 +24,7 @@ def test_mlp_size_rounds_8_thirds_up_to_128():
 
 
 def test_kaiming_uniform_init():
-    model = TinyStoriesLM(**TINY)
+    model = tiny_model()
     for name, param in model.model.named_parameters():
         if param.dim() > 1:
             bound = math.sqrt(2.0) * math.sqrt(3.0 / param.shape[1])  # leaky_relu(a=0) gain, fan_in
@@ -36,7 +36,7 @@ def test_kaiming_uniform_init():
 
 def test_left_padding_does_not_change_a_storys_loss():
     torch.manual_seed(0)
-    model = TinyStoriesLM(**TINY).eval()
+    model = tiny_model().eval()
     stories = [torch.randint(3, 300, (n,)).tolist() for n in (37, 5, 20)]
     with torch.no_grad():
         batch = collate([{"input_ids": s, "num_bytes": 0} for s in stories], pad_token_id=0)
@@ -57,7 +57,7 @@ def test_left_padding_does_not_change_a_storys_loss():
 @pytest.mark.parametrize("autocast", [False, True])
 def test_nats_is_fp32_cross_entropy_of_the_shifted_logits(autocast):
     torch.manual_seed(0)
-    model = TinyStoriesLM(**TINY)
+    model = tiny_model()
     batch = collate([{"input_ids": torch.randint(3, 300, (n,)).tolist(), "num_bytes": 0} for n in (30, 7)], 0)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         nats, count = model.nats(batch)
@@ -71,7 +71,7 @@ def test_nats_is_fp32_cross_entropy_of_the_shifted_logits(autocast):
 
 def test_gradients_stay_finite_with_left_padding():
     torch.manual_seed(0)
-    model = TinyStoriesLM(**TINY)
+    model = tiny_model()
     batch = collate([{"input_ids": [5] * n, "num_bytes": 0} for n in (30, 2)], pad_token_id=0)
     nats, count = model.nats(batch)
     (nats / count).backward()
@@ -86,13 +86,14 @@ def test_compiled_training_keeps_checkpoint_keys_and_learns(tmp_path, tiny_token
     torch._dynamo.utils.counters.clear()
     cli = cli_main(fit_args(tmp_path, tiny_tokenizer_dir, "--model.compile", "true", "--trainer.max_steps", "4",
                             "--trainer.limit_val_batches", "2", "--data.packing", "true",  # one shape: 8 x 128
-                            "--model.num_hidden_layers", "4"))
+                            "--model.architecture.num_hidden_layers", "4"))
     model = cli.model
     # Training went through torch.compile one decoder layer at a time, one graph shared by the 4 layers (and one
     # more with a mask if a batch held the packed set's padded last block), not a graph per layer.
     assert 1 <= torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2
-    assert [c._orig_mod for c in model.compiled] == list(model.model.model.layers)
-    assert all(type(layer).__name__ == "LlamaDecoderLayer" for layer in model.model.model.layers)  # swapped back
+    # compiled in place: the same modules, each with its compiled call
+    assert all(type(layer).__name__ == "LlamaDecoderLayer" and layer._compiled_call_impl is not None
+               for layer in model.model.model.layers)
     batch = next(iter(cli.datamodule.train_dataloader()))
     compiled = model.train().nats(batch)[0].detach()
     with torch.no_grad():

@@ -6,11 +6,9 @@ import torch
 from lightning.pytorch.callbacks import Timer
 from transformers import get_cosine_schedule_with_warmup
 
-from tinystories import InputError
-from tinystories.model import TinyStoriesLM
-from tinystories.optim import BatchedMuon, MuonWithAdamW
-
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=300)
+from tests.conftest import tiny_model
+from tinystories.errors import UserError
+from tinystories.optim import BatchedMuon, MuonWithAdamW, configure
 
 
 def make(model):
@@ -55,7 +53,7 @@ def test_batched_muon_steps_as_torch_muon(nesterov, adjust_lr_fn):
 
 
 def test_muon_takes_hidden_matrices_and_adamw_the_rest():
-    model = TinyStoriesLM(**TINY)
+    model = tiny_model()
     optimizer, _ = make(model)
     muon = {id(p) for g in optimizer.muon.param_groups for p in g["params"]}
     adamw = {id(p) for g in optimizer.adamw.param_groups for p in g["params"]}
@@ -67,7 +65,7 @@ def test_muon_takes_hidden_matrices_and_adamw_the_rest():
 
 def test_schedule_reaches_both_and_state_round_trips():
     torch.manual_seed(0)
-    model = TinyStoriesLM(**TINY)
+    model = tiny_model()
     optimizer, schedule = make(model)
     train_steps(model, optimizer, schedule, 4)
     factor = schedule.lr_lambdas[0](schedule.last_epoch)
@@ -75,7 +73,7 @@ def test_schedule_reaches_both_and_state_round_trips():
     assert [g["lr"] for g in optimizer.muon.param_groups + optimizer.adamw.param_groups] == pytest.approx(
         [5e-3 * factor, 1e-2 * factor])
 
-    twin = TinyStoriesLM(**TINY)
+    twin = tiny_model()
     twin.load_state_dict(model.state_dict())
     twin_optimizer, twin_schedule = make(twin)
     twin_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # as from a file: no shared buffers
@@ -89,12 +87,9 @@ def test_schedule_reaches_both_and_state_round_trips():
 
 
 def configured(**hparams):
-    from types import SimpleNamespace
-
-    model = TinyStoriesLM(**TINY, **hparams)
-    model._trainer = SimpleNamespace(estimated_stepping_batches=20)  # what configure_optimizers reads
-    config = model.configure_optimizers()
-    return model, config["optimizer"], config["lr_scheduler"]["scheduler"]
+    model = tiny_model(**hparams)
+    optimizer, schedule = configure(model.model.named_parameters(), model.optimization, total_steps=20)
+    return model, optimizer, schedule
 
 
 def learning_rates(optimizer, schedule, steps: int) -> list[list[float]]:
@@ -144,11 +139,12 @@ def test_muon_weight_decay_reaches_the_hidden_matrices_only(muon_weight_decay, e
 
 
 def test_negative_weight_decay_is_refused():
-    with pytest.raises(InputError, match="model.muon_weight_decay is -0.1"):
-        TinyStoriesLM(**TINY, muon_weight_decay=-0.1)
+    with pytest.raises(UserError, match="model.optimization.muon_weight_decay is -0.1"):
+        tiny_model(muon_weight_decay=-0.1)
+
 
 def test_zero_init_residual_starts_every_block_as_the_identity():
-    model = TinyStoriesLM(**TINY, zero_init_residual=True)
+    model = tiny_model(zero_init_residual=True)
     for name, param in model.model.named_parameters():
         zero = name.endswith(("o_proj.weight", "down_proj.weight"))
         assert bool((param == 0).all()) == zero, name
@@ -167,19 +163,16 @@ class StoppedClock(Timer):
 
 def clocked_run(schedule_by_max_time: bool, clock: list[float]) -> list[float]:
     """WSD over 20 steps (warmup 4, decay over the last 5) with a 100 s max_time; the clock reads `clock[step]`."""
-    from types import SimpleNamespace
-
-    model = TinyStoriesLM(**TINY, learning_rate=0.01, lr_schedule="wsd", decay_fraction=0.25, warmup_steps=4,
-                          schedule_by_max_time=schedule_by_max_time)
+    model = tiny_model(learning_rate=0.01, lr_schedule="wsd", decay_fraction=0.25, warmup_steps=4,
+                       schedule_by_max_time=schedule_by_max_time)
     timer = StoppedClock(100)
-    model._trainer = SimpleNamespace(estimated_stepping_batches=20, callbacks=[timer],
-                                     strategy=SimpleNamespace(broadcast=lambda value: value))
-    config = model.configure_optimizers()
-    optimizer, schedule = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    progress = {"now": 0.0}
+    optimizer, schedule = configure(model.model.named_parameters(), model.optimization, total_steps=20,
+                                    time_progress=lambda: progress["now"])
     lrs = []
-    for step, seconds in enumerate(clock):  # as Lightning orders it: batch start, optimizer step, schedule step
+    for seconds in clock:  # as Lightning orders it: batch start, optimizer step, schedule step
         timer.now = seconds
-        model.on_train_batch_start(None, step)
+        progress["now"] = min(1.0, timer.time_elapsed() / 100)
         optimizer.step()
         schedule.step()
         lrs.append(optimizer.param_groups[0]["lr"])

@@ -17,9 +17,9 @@ import pytest
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
-from tests.conftest import LLAMA_TOKENIZER, ROOT, TINYSTORIES, fit_args
+from tests.conftest import LLAMA_TOKENIZER, ROOT, TINYSTORIES, fit_args, needs_shared
 from tests.helpers import read_records
-from tinystories.checkpoint_io import AtomicCheckpointIO
+from tinystories.checkpoint import AtomicCheckpointIO
 from tinystories.cli import cli_main
 from tinystories.data import TinyStoriesData
 from tinystories.sampling import ResumableSampler
@@ -57,6 +57,7 @@ def pad_fraction(loader) -> float:
     return 1 - real / total
 
 
+@needs_shared
 def test_group_by_length_cuts_padding_on_real_stories_and_keeps_each_story_once():
     dm = TinyStoriesData(dataset=str(TINYSTORIES), tokenizer=str(LLAMA_TOKENIZER), train_split="train[:1000]",
                          val_split="validation[:8]", max_length=512, batch_size=8)

@@ -11,10 +11,10 @@ from lightning.pytorch.callbacks import Timer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import fit_args
-from tinystories import checkpoint_io
+from tinystories import checkpoint as checkpoint_io
 from tinystories.__main__ import main
 from tinystories.callbacks import flops_per_token
-from tinystories.checkpoint_io import AtomicCheckpointIO
+from tinystories.checkpoint import AtomicCheckpointIO
 from tinystories.cli import cli_main
 from tinystories.model import TinyStoriesLM
 
@@ -43,7 +43,7 @@ def test_fit_writes_tensorboard_config_and_checkpoints(tmp_path, tiny_tokenizer_
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 7
 
     model = TinyStoriesLM.load_from_checkpoint(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert model.hparams.vocab_size == 512 and model.hparams.hidden_size == 32  # linked from the tokenizer
+    assert model.architecture.vocab_size == 512 and model.architecture.hidden_size == 32  # linked from the tokenizer
 
 
 @pytest.mark.slow
@@ -59,7 +59,7 @@ def test_resume_continues_at_saved_step_and_lr(tmp_path, tiny_tokenizer_dir, mon
 
     monkeypatch.setattr(TinyStoriesLM, "training_step", crash_at_step_6)
     args = ("--trainer.max_steps", "10", "--trainer.val_check_interval", "4", "--trainer.check_val_every_n_epoch",
-            "null", "--model.warmup_steps", "2")
+            "null", "--model.optimization.warmup_steps", "2")
     with pytest.raises(RuntimeError, match="simulated crash"):
         cli_main(fit_args(tmp_path, tiny_tokenizer_dir, *args))
     lr_at = dict(seen)
@@ -87,8 +87,8 @@ def test_max_time_stops_a_run_annealed_with_schedule_by_max_time(tmp_path, tiny_
     monkeypatch.setattr(Timer, "time_elapsed", lambda self, stage="train": 6.0 * trainers[0].global_step if trainers else 0.0)
     cli_main(fit_args(tmp_path, tiny_tokenizer_dir, "--trainer.max_steps", "20", "--trainer.max_time",
                       "00:00:01:00", "--trainer.val_check_interval", "20", "--trainer.check_val_every_n_epoch",
-                      "null", "--model.lr_schedule", "wsd", "--model.decay_fraction", "0.5",
-                      "--model.schedule_by_max_time", str(by_time).lower()))
+                      "null", "--model.optimization.lr_schedule", "wsd", "--model.optimization.decay_fraction", "0.5",
+                      "--model.optimization.schedule_by_max_time", str(by_time).lower()))
     checkpoint = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 10
     # The rate after step 10 follows the clock read at step 9's start: 54 of 60 s is 18 of 20 steps, 80% through
@@ -97,15 +97,15 @@ def test_max_time_stops_a_run_annealed_with_schedule_by_max_time(tmp_path, tiny_
 
 
 def test_ckpt_path_last_without_checkpoint_is_a_clear_error(tmp_path, tiny_tokenizer_dir, capsys):
-    with pytest.raises(SystemExit, match="no last.ckpt"):
-        cli_main(fit_args(tmp_path, tiny_tokenizer_dir, "--trainer.max_steps", "1", "--ckpt_path", "last"))
+    with pytest.raises(SystemExit, match="^error: --ckpt_path last: no last.ckpt"):
+        main(fit_args(tmp_path, tiny_tokenizer_dir, "--trainer.max_steps", "1", "--ckpt_path", "last"))
 
 
 @pytest.mark.slow
 def test_loss_falls_far_below_its_start_on_synthetic_stories(tmp_path, tiny_tokenizer_dir):
     cli_main(fit_args(tmp_path, tiny_tokenizer_dir, "--trainer.max_steps", "150", "--trainer.val_check_interval",
                       "150", "--trainer.check_val_every_n_epoch", "null", "--trainer.log_every_n_steps", "1",
-                      "--model.warmup_steps", "10", "--model.learning_rate", "1e-2"))
+                      "--model.optimization.warmup_steps", "10", "--model.optimization.learning_rate", "1e-2"))
     logged = scalars(tmp_path / "lightning_logs" / "version_0")
     first_loss, final_val = logged["train/loss"][0][1], logged["val/loss"][-1][1]
     assert first_loss > 6.0  # about ln(512) or more at Kaiming init
@@ -114,7 +114,7 @@ def test_loss_falls_far_below_its_start_on_synthetic_stories(tmp_path, tiny_toke
 
 @pytest.mark.slow
 def test_muon_run_logs_both_learning_rates_and_resumes(tmp_path, tiny_tokenizer_dir, monkeypatch):
-    args = ("--model.optimizer", "muon", "--model.muon_learning_rate", "5e-3", "--trainer.max_steps", "4",
+    args = ("--model.optimization.optimizer", "muon", "--model.optimization.muon_learning_rate", "5e-3", "--trainer.max_steps", "4",
             "--trainer.val_check_interval", "2", "--trainer.check_val_every_n_epoch", "null",
             "--trainer.log_every_n_steps", "1")
     cli_main(fit_args(tmp_path, tiny_tokenizer_dir, *args))

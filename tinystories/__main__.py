@@ -13,12 +13,12 @@ from typing import Optional
 
 from jsonargparse import ArgumentError, auto_cli
 
-from tinystories import export, generate, tokenizer
+from tinystories import evaluate, export, generate, tokenizer
 from tinystories.cli import LIGHTNING_VERBS, PROG
 from tinystories.errors import UserError, one_line
 
 # LightningCLI has no blessed way to add subcommands (Lightning issue #12438), so extra verbs are dispatched first.
-VERBS = {"tokenizer": tokenizer.main, "generate": generate.main, "export": export.main}
+VERBS = {"tokenizer": tokenizer.main, "generate": generate.main, "evaluate": evaluate.main, "export": export.main}
 SUMMARY = {
     "fit": "train a model (or resume one with --ckpt_path) from a YAML config: --config configs/demo.yaml",
     "validate": "score a checkpoint on the validation split: val/loss, val/ppl, val/bpb",
@@ -26,11 +26,14 @@ SUMMARY = {
     "predict": "Lightning's predict loop (use generate to write stories)",
     "tokenizer": "train a byte-level BPE tokenizer on a data source",
     "generate": "write stories from a checkpoint or an exported folder",
+    "evaluate": "complete the TinyStories paper's 44 story beginnings, grade them (LLM judge optional), report",
     "export": "write a checkpoint as a Hugging Face model folder with a model card; optionally upload it",
 }
 
 # jsonargparse keeps the last of a repeated option (lists grow with `--name+=VALUE`); these may be repeated.
-REPEATABLE = ("--prompt",)
+REPEATABLE = ("--prompt", "--compare")
+# Options that take several values in a row: `--compare eval/a eval/b`.
+SEVERAL = ("--compare",)
 
 
 def usage() -> str:
@@ -42,8 +45,24 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def spread_values(args: list[str]) -> list[str]:
+    """`--compare a b` -> `--compare a --compare b`."""
+    out, current = [], None
+    for arg in args:
+        if arg in SEVERAL:
+            current = arg
+            continue
+        if current and not arg.startswith("-"):
+            out += [current, arg]
+            continue
+        current = None
+        out.append(arg)
+    return out
+
+
 def append_repeats(args: list[str]) -> list[str]:
     """`--prompt a --prompt b` -> `--prompt a --prompt+=b`, so every prompt is kept."""
+    args = spread_values(args)
     out, seen, i = [], set(), 0
     while i < len(args):
         name, eq, value = args[i].partition("=")
