@@ -138,7 +138,7 @@ def gib(size: float) -> str:
 
 
 def scalars(log_dir) -> dict[str, list]:
-    """Every scalar of a run's TensorBoard events (`lightning_logs/version_N`): tag -> events (step, wall_time, value)."""
+    """Every scalar of a run's TensorBoard events (`lightning_logs/version_N`): tag -> [(step, wall_time, value)]."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})  # 0: keep every point

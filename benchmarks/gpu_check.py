@@ -10,8 +10,8 @@ no compile) for `--recipe_steps`, both through the real `fit` (`tinystories.cli.
 the real stories in ../shared/data) under `--out_dir`. Each run's figures come from its own TensorBoard events (the
 `throughput/` metrics of the project's Throughput callback) and its trainer:
 - real (non-pad) tokens/s: the median of the logging windows (`--log_every` steps) after the first;
-- MFU, against `--peak_flops` or Lightning's table of GPUs (it lists Hopper's sparse peaks, twice the dense ones),
-  else "unknown";
+- MFU, against `--peak_flops` (989e12: an H100's or H200's dense bf16 peak), else Lightning's table where it knows
+  the GPU (the peak used is printed: the table's H200 entries are sparse peaks, twice the dense), else "unknown";
 - the first window's time against a steady window's: compiling (a) and start-up;
 - peak memory: `torch.cuda.max_memory_allocated` on a GPU, the process's max RSS on a CPU;
 - the final val/bpb;
@@ -98,7 +98,7 @@ def run(name: str, config: Path, steps: int, smoke_options: list[str], args, dev
         "name": name, "steps": cli.trainer.global_step, "wall": wall, "windows": len(samples),
         "batch": f"{cli.datamodule.hparams.batch_size} x {cli.datamodule.hparams.max_length}",
         "tokens_s": statistics.median(e.value for e in events["throughput/tokens_per_sec"][1:]),
-        "mfu": f"{statistics.median(mfu[1:]):.1%} of {peak:.3g} FLOP/s ({source})" if mfu[1:] else
+        "mfu": f"{100 * statistics.median(mfu[1:]):.3g}% of {peak:.3g} FLOP/s ({source})" if mfu[1:] else
                "unknown (give --peak_flops: the device's peak FLOP/s at the training precision)",
         "first": seconds[0], "steady": statistics.median(seconds[1:]), "memory": f"{gib(memory)} ({what})",
         "val_bpb": float(cli.trainer.callback_metrics["val/bpb"]),
@@ -136,7 +136,7 @@ def generate_and_export(ckpt: Path, out_dir: Path, device: torch.device, max_new
           f"largest logit difference from the checkpoint's model: {diff:.1e}")
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, help="steps of (a), the fast config (default 300; --smoke 6)")
     parser.add_argument("--recipe_steps", type=int, help="steps of (b), the recipe's settings (default 300; --smoke 6)")
@@ -158,11 +158,20 @@ def main() -> None:
     if args.tokenizer != "null":
         local(args.tokenizer)
     args.out_dir = (args.out_dir or Path(tempfile.mkdtemp(prefix="gpu-check-"))).absolute()
+    return args
+
+
+def main() -> None:
+    args = arguments()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
-    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}; torch {torch.__version__}; "
-          f"out_dir: {args.out_dir}")
+    if device.type == "cpu" and not args.smoke:
+        raise SystemExit("error: no CUDA GPU here, and the full-size runs would take hours on a CPU; --smoke runs the "
+                         "tiny version (benchmarks/throughput.py compares the two trainings on a CPU)")
+    start = time.perf_counter()
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device: {device_name}; torch {torch.__version__}; out_dir: {args.out_dir}")
     results = [run(name, config, args.steps if name.startswith("(a)") else args.recipe_steps, smoke, args, device)
                for name, (config, smoke) in RUNS.items()]
     for result in results:
@@ -171,6 +180,7 @@ def main() -> None:
     print(f"\nratio={fast['tokens_s'] / recipe['tokens_s']:.2f} (real tokens/s, (a) fast config / (b) recipe settings)")
     print(f"\n=== {fast['name']}: stories from {fast['last_ckpt'].name}, then export")
     generate_and_export(fast["last_ckpt"], args.out_dir, device, 24 if args.smoke else 120)
+    print(f"\ngpu_check took {time.perf_counter() - start:.0f} s; runs, checkpoints and the export are in {args.out_dir}")
 
 
 if __name__ == "__main__":

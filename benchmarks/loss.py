@@ -1,6 +1,6 @@
 """The fused head and loss (`tinystories/loss.py`) against the plain head plus `F.cross_entropy`, one process.
 
-    python benchmarks/loss.py               # the 19.5M model's head (256 -> 32,000) and the demo's (192 -> 4,096): ~20 s
+    python benchmarks/loss.py              # the 19.5M model's head (256 -> 32,000), the demo's (192 -> 4,096): ~20 s
     python benchmarks/loss.py --repeats 1   # a quick check that it runs
 
 Forward and backward of the output head and the summed loss over `--tokens` positions (default the demo's batch:

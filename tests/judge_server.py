@@ -92,7 +92,8 @@ class JudgeServer:
             return self.record(kind, 404, {"error": {"message": f"model '{body['model']}' not found"}})
         if kind == "check":
             return self.record(kind, 200, chat("OK"))
-        completion = messages[0]["content"].split("***", 1)[1].split("\n\nPlease provide your general", 1)[0]
+        story = messages[0]["content"].split("student's completion:\n\n", 1)[1]
+        completion = story.split("***", 1)[1].split("\n\nPlease provide your general", 1)[0]
         if kind == "assess":
             return self.record(kind, 200, chat("The student continues the story; the grammar is mostly fine."))
         reply, grades, failure = planned(completion)

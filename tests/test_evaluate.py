@@ -6,6 +6,7 @@ import shutil
 import statistics
 
 import pytest
+import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -17,6 +18,14 @@ from tinystories.judge import parse_grades
 from tinystories.prompts import load_prompts
 
 PROMPTS = ["Once upon a time, there was a little", "Tom and his dog went to the", "Lily saw a big red "]
+
+
+@pytest.fixture(scope="module")
+def ckpt(trained_ckpt, tmp_path_factory):
+    """The suite's checkpoint outside its run folder, so evaluating it logs nothing into that run."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    shutil.copy(trained_ckpt, path)
+    return path
 
 
 @pytest.fixture
@@ -62,7 +71,7 @@ def test_judge_free_measures_on_stories_whose_answers_are_known():
     index = measures.NgramIndex([story, "a completely different story about a dog and a cat in the big garden"])
     assert index.copied(story) == 1.0
     assert index.copied("lily who loved to play with her red ball in the park every day and night") == \
-        pytest.approx(5 / 8)  # 8 of its 8-grams, the first 5 of them in the first story
+        pytest.approx(5 / 9)  # 16 words: 9 8-grams, the first 5 of them in the first story
     assert index.copied("too short") is None
 
 
@@ -80,10 +89,10 @@ def test_grades_are_read_from_what_the_judge_wrote(reply, expected):
     assert (None if grades is None else tuple(grades[n] for n in names)) == expected
 
 
-def test_judged_evaluation_retries_then_reruns_without_a_request(trained_ckpt, tmp_path, prompts_file):
+def test_judged_evaluation_retries_then_reruns_without_a_request(ckpt, tmp_path, prompts_file):
     out = tmp_path / "eval"
     with JudgeServer(slow_seconds=3) as server:
-        rows, summary = evaluate(trained_ckpt, out, prompts_file, "--judge_base_url", server.url, "--judge_model",
+        rows, summary = evaluate(ckpt, out, prompts_file, "--judge_base_url", server.url, "--judge_model",
                                  MODEL, "--judge_timeout", "1", "--judge_concurrency", "4")
         assert len(rows) == 12 and summary["completions"] == 12
         for row in rows:  # the grades read are exactly those the server sent
@@ -102,15 +111,15 @@ def test_judged_evaluation_retries_then_reruns_without_a_request(trained_ckpt, t
         if "slow" in failures:  # the slow reply was abandoned at the 1 s timeout and asked again
             assert max(server.attempts.values()) >= 2
         made = len(server.requests)
-        rows_again, summary_again = evaluate(trained_ckpt, out, prompts_file, "--judge_base_url", server.url,
+        rows_again, summary_again = evaluate(ckpt, out, prompts_file, "--judge_base_url", server.url,
                                              "--judge_model", MODEL)
         assert len(server.requests) == made  # nothing asked: every reply is kept in out_dir
         assert rows_again == rows and summary_again == summary
     assert (out / "report.html").is_file() and len(list((out / "judge").glob("*.json"))) == 12
 
 
-def test_without_a_judge_the_judge_free_summary_is_written(trained_ckpt, tmp_path, prompts_file, capsys):
-    rows, summary = evaluate(trained_ckpt, tmp_path / "eval", prompts_file, "--train_data", "synthetic",
+def test_without_a_judge_the_judge_free_summary_is_written(ckpt, tmp_path, prompts_file, capsys):
+    rows, summary = evaluate(ckpt, tmp_path / "eval", prompts_file, "--train_data", "synthetic",
                              "--train_split", "train[:200]")
     assert summary["judge"] is None and summary["graded"] == 0 and summary["ungraded"] == 12
     assert {r["prompt"] for r in rows} == set(PROMPTS) and [r["sample"] for r in rows[:4]] == [0, 1, 2, 3]
@@ -134,9 +143,9 @@ def test_checkpoint_in_a_run_folder_logs_eval_scalars_at_its_step(trained_run, t
     assert [e.step for e in events.Scalars("eval/finished")] == [120]
 
 
-def test_compare_prints_one_table(trained_ckpt, tmp_path, prompts_file, capsys):
-    evaluate(trained_ckpt, tmp_path / "a", prompts_file)
-    evaluate(trained_ckpt, tmp_path / "b", prompts_file, "--seed", "1")
+def test_compare_prints_one_table(ckpt, tmp_path, prompts_file, capsys):
+    evaluate(ckpt, tmp_path / "a", prompts_file)
+    evaluate(ckpt, tmp_path / "b", prompts_file, "--seed", "1")
     capsys.readouterr()
     main(["evaluate", "--compare", str(tmp_path / "a"), str(tmp_path / "b")])
     table = capsys.readouterr().out.splitlines()
@@ -152,9 +161,9 @@ def one_line_error(args, capsys) -> str:
     return message
 
 
-def test_judge_that_is_unreachable_or_wrong_stops_before_generating(trained_ckpt, tmp_path, prompts_file, capsys,
+def test_judge_that_is_unreachable_or_wrong_stops_before_generating(ckpt, tmp_path, prompts_file, capsys,
                                                                      monkeypatch):
-    base = ["evaluate", "--ckpt_path", str(trained_ckpt), "--prompts", str(prompts_file), "--device", "cpu"]
+    base = ["evaluate", "--ckpt_path", str(ckpt), "--prompts", str(prompts_file), "--device", "cpu"]
     with JudgeServer(key=KEY) as server:
         monkeypatch.setenv("OPENAI_API_KEY", KEY)
         message = one_line_error([*base, "--out_dir", str(tmp_path / "a"), "--judge_base_url", server.url,
@@ -171,8 +180,8 @@ def test_judge_that_is_unreachable_or_wrong_stops_before_generating(trained_ckpt
     assert not any(tmp_path.glob("[abc]")), "nothing written"
 
 
-def test_bad_input_is_one_line_and_writes_nothing(trained_ckpt, tmp_path, prompts_file, capsys):
-    base = ["evaluate", "--ckpt_path", str(trained_ckpt), "--out_dir", str(tmp_path / "out")]
+def test_bad_input_is_one_line_and_writes_nothing(ckpt, tmp_path, prompts_file, capsys):
+    base = ["evaluate", "--ckpt_path", str(ckpt), "--out_dir", str(tmp_path / "out")]
     (tmp_path / "empty.txt").write_text("\n\n")
     (tmp_path / "dict.yaml").write_text("prompt: Once upon a time\n")
     for extra, expected in [
@@ -183,9 +192,11 @@ def test_bad_input_is_one_line_and_writes_nothing(trained_ckpt, tmp_path, prompt
     ]:
         assert expected in one_line_error([*base, *extra], capsys)
     assert not (tmp_path / "out").exists()
-    evaluate(trained_ckpt, tmp_path / "out", prompts_file)
+    evaluate(ckpt, tmp_path / "out", prompts_file)
     other = tmp_path / "other.ckpt"
-    other.write_bytes(trained_ckpt.read_bytes()[:-1] + b"\0")  # other bytes: another checkpoint for the out_dir
+    checkpoint = torch.load(ckpt, weights_only=True)
+    checkpoint["state_dict"]["model.lm_head.weight"] += 1  # other weights: another checkpoint for the out_dir
+    torch.save(checkpoint, other)
     before = (tmp_path / "out" / "summary.json").read_text()
     assert "holds the evaluation of another checkpoint" in one_line_error(
         ["evaluate", "--ckpt_path", str(other), "--out_dir", str(tmp_path / "out"), "--prompts", str(prompts_file),

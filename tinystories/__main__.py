@@ -31,7 +31,7 @@ SUMMARY = {
 }
 
 # jsonargparse keeps the last of a repeated option (lists grow with `--name+=VALUE`); these may be repeated.
-REPEATABLE = ("--prompt", "--compare")
+REPEATABLE = ("--prompt",)
 # Options that take several values in a row: `--compare eval/a eval/b`.
 SEVERAL = ("--compare",)
 
@@ -46,14 +46,14 @@ def usage() -> str:
 
 
 def spread_values(args: list[str]) -> list[str]:
-    """`--compare a b` -> `--compare a --compare b`."""
+    """`--compare a b` -> `--compare+=a --compare+=b`: a list option's values appended one by one."""
     out, current = [], None
     for arg in args:
         if arg in SEVERAL:
             current = arg
             continue
         if current and not arg.startswith("-"):
-            out += [current, arg]
+            out.append(f"{current}+={arg}")
             continue
         current = None
         out.append(arg)

@@ -38,8 +38,8 @@ CSS = """
 * { box-sizing: border-box; }
 body { margin: 0; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--ink); }
 main { max-width: 1100px; margin: 0 auto; padding: 24px 32px 64px; }
-h1 { font-size: 24px; margin: 0 0 4px; } h2 { font-size: 19px; margin: 36px 0 12px; border-bottom: 1px solid var(--line);
-  padding-bottom: 4px; } h3 { font-size: 16px; margin: 0 0 8px; }
+h1 { font-size: 24px; margin: 0 0 4px; } h3 { font-size: 16px; margin: 0 0 8px; }
+h2 { font-size: 19px; margin: 36px 0 12px; border-bottom: 1px solid var(--line); padding-bottom: 4px; }
 code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 13px; }
 .muted { color: var(--muted); } .small { font-size: 13px; }
 table { border-collapse: collapse; margin: 8px 0; }
@@ -65,7 +65,7 @@ svg text { font: 11px system-ui, sans-serif; fill: var(--muted); } svg .bar { fi
 .chip.ok { border-color: #1a7f37; color: #1a7f37; } .chip.cut { border-color: #cf222e; color: #cf222e; }
 .chip.grade { background: #ddf4ff; border-color: #54aeff; } .chip.none { color: var(--muted); font-style: italic; }
 details { margin-top: 8px; font-size: 14px; } summary { cursor: pointer; color: var(--accent); }
-details .text { background: var(--soft); padding: 8px 12px; border-radius: 6px; margin-top: 6px; }
+details h4 { margin: 10px 0 4px; } details .text { background: var(--soft); padding: 8px 12px; border-radius: 6px; }
 """
 
 
@@ -153,12 +153,14 @@ def headline(summary: dict) -> str:
     paper = "".join(f'<tr class="paper"><td>{PAPER_LABEL}: {e(name)}</td>'
                     + "".join(f'<td class="num">{vals[g]:.2f}</td>' for g in GRADES) + "</tr>"
                     for name, vals in summary["paper"].items())
-    stderr = e(summary["definitions"].get("stderr", ""))
+    table = f"<section>\n<h2>Grades (out of 10)</h2>\n<table>{head}{ours}</tr>{paper}</table>\n"
     counts = (f"<p><strong>{summary['graded']}</strong> of {summary['completions']} completions graded; "
-              f"<strong>{summary['ungraded']}</strong> ungraded (left out of the means).</p>")
-    ages = age_groups(summary) if summary.get("judge") else ""
-    return (f"<section>\n<h2>Grades (out of 10)</h2>\n<table>{head}{ours}</tr>{paper}</table>\n"
-            f'<p class="muted small">± is the standard error: {stderr}</p>\n{counts}\n{ages}\n</section>')
+              f"<strong>{summary['ungraded']}</strong> ungraded")
+    if not summary.get("judge"):
+        return f"{table}{counts}.</p>\n</section>"
+    stderr = e(summary["definitions"].get("stderr", ""))
+    return (f'{table}<p class="muted small">± is the standard error: {stderr}</p>\n'
+            f"{counts} (left out of the means).</p>\n{age_groups(summary)}\n</section>")
 
 
 def age_groups(summary: dict) -> str:
@@ -168,7 +170,8 @@ def age_groups(summary: dict) -> str:
     body = "".join(f'<tr><td>{e(label)}</td><td class="num">{n}</td>'
                    f'<td style="width:220px"><span class="agebar" style="width:{200 * n / top:.0f}px"></span></td></tr>'
                    for label, n in cells)
-    return f"<h3>Age group the judge guessed</h3>\n<table><tr><th>age</th><th>completions</th><th></th></tr>{body}</table>"
+    head = "<tr><th>age</th><th>completions</th><th></th></tr>"
+    return f"<h3>Age group the judge guessed</h3>\n<table>{head}{body}</table>"
 
 
 def judge_free(summary: dict) -> str:
@@ -199,14 +202,16 @@ def histograms(rows: list[dict]) -> str:
     figs = "".join(f'<figure class="hist"><h3>{g}</h3>{histogram_svg(g, grade_counts(rows, g))}</figure>'
                    for g in GRADES)
     return (f'<section>\n<h2>Grade histograms</h2>\n<p class="muted small">Completions per grade, 0 to 10 '
-            f"(non-integer grades rounded); ungraded completions are not counted.</p>\n<div class=\"hists\">{figs}</div>\n</section>")
+            f"(non-integer grades rounded); ungraded completions are not counted.</p>\n"
+            f'<div class="hists">{figs}</div>\n</section>')
 
 
 def prompts(rows: list[dict]) -> str:
     groups: dict[int, list[dict]] = {}
     for row in rows:
         groups.setdefault(row["prompt_id"], []).append(row)
-    body = "\n".join(prompt_block(pid, sorted(group, key=lambda r: r["sample"])) for pid, group in sorted(groups.items()))
+    body = "\n".join(prompt_block(pid, sorted(group, key=lambda r: r["sample"]))
+                     for pid, group in sorted(groups.items()))
     return f"<section>\n<h2>Completions ({len(rows)} for {len(groups)} beginnings)</h2>\n{body}\n</section>"
 
 
