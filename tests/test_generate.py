@@ -15,6 +15,7 @@ from tinystories.__main__ import main as run_verb
 from tinystories.cli import cli_main
 from tinystories.checkpoint import load
 from tinystories.generate import sample_stories
+from tinystories.measures import repetition
 
 PROMPTS = ["Once upon a time", "Lily", "One day, a little boy named Tom went to the park with his mom"]
 
@@ -41,6 +42,11 @@ def test_training_logs_sample_stories_at_each_validation(trained_run, loaded):
     model, tokenizer = loaded
     again = sample_stories(model, tokenizer, SAMPLE_PROMPTS, seed=0, max_new_tokens=20)
     assert [s["prompt"] + s["completion"] for s in again] == latest
+    # ... and their judge-free measures are logged beside them.
+    eos_rate, repeats = events.Scalars("samples/eos_rate"), events.Scalars("samples/repetition")
+    assert [e.step for e in eos_rate] == [e.step for e in repeats] == [60, 120]
+    assert eos_rate[-1].value == pytest.approx(sum(s["eos"] for s in again) / 2)
+    assert repeats[-1].value == pytest.approx(sum(repetition(s["completion"]) for s in again) / 2)
 
 
 def test_batch_of_left_padded_prompts_gives_the_same_greedy_stories_as_one_at_a_time(loaded):

@@ -3,7 +3,8 @@ validation after the last step, freed memory kept for reuse while training on a 
 steps. Each can be turned off with `disable_callbacks: [name, ...]` in the YAML (`tinystories/cli.py`).
 
 At each validation, rank zero continues a few fixed prompts and logs them to TensorBoard as text (tab "TEXT");
-when `fit` ends they are printed with the final validation metrics (`samples:` in the YAML). Tokens and samples
+when `fit` ends they are printed with the final validation metrics (`samples:` in the YAML). Their EOS rate and
+repetition (`tinystories/measures.py`) are logged as `samples/eos_rate` and `samples/repetition`. Tokens and samples
 per second, and MFU where the peak FLOP/s is known, are logged under `throughput/` (`throughput:` in the YAML).
 """
 
@@ -24,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from tinystories.errors import LossDiverged, UserError
 from tinystories.generate import sample_stories
+from tinystories.measures import repetition
 
 DEFAULT_PROMPTS = ("Once upon a time", "Lily and her dog", "One day, a little boy named Tom")
 
@@ -46,17 +48,22 @@ class SampleStories(Callback):
         self.seed = seed
         self.latest: list[str] = []
 
-    def sample(self, pl_module: LightningModule, tokenizer) -> list[str]:
+    def sample(self, pl_module: LightningModule, tokenizer) -> list[dict]:
         with pl_module.eager():
-            stories = sample_stories(pl_module.model, tokenizer, self.prompts, seed=self.seed,
-                                     batch_size=len(self.prompts), **self.settings)
-        return [story["prompt"] + story["completion"] for story in stories]
+            return sample_stories(pl_module.model, tokenizer, self.prompts, seed=self.seed,
+                                  batch_size=len(self.prompts), **self.settings)
 
     @rank_zero_only
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.prompts or trainer.sanity_checking or trainer.datamodule is None:
             return
-        self.latest = self.sample(pl_module, trainer.datamodule.tokenizer)
+        stories = self.sample(pl_module, trainer.datamodule.tokenizer)
+        self.latest = [story["prompt"] + story["completion"] for story in stories]
+        # The judge-free measures of `evaluate`, so the curves show when stories stop looping and start ending.
+        metrics = {"samples/eos_rate": sum(s["eos"] for s in stories) / len(stories),
+                   "samples/repetition": sum(repetition(s["completion"]) for s in stories) / len(stories)}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
         experiment = getattr(trainer.logger, "experiment", None)
         if hasattr(experiment, "add_text"):
             text = "\n\n---\n\n".join(self.latest)
