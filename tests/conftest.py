@@ -20,8 +20,9 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 # A 2-layer, hidden-32 model: seconds per run on 2 cores.
 TINY_MODEL = [
-    "--model.architecture.hidden_size", "32", "--model.architecture.num_hidden_layers", "2", "--model.architecture.num_attention_heads", "4",
-    "--model.architecture.num_key_value_heads", "2", "--model.architecture.max_position_embeddings", "256",
+    "--model.architecture.hidden_size", "32", "--model.architecture.num_hidden_layers", "2",
+    "--model.architecture.num_attention_heads", "4", "--model.architecture.num_key_value_heads", "2",
+    "--model.architecture.max_position_embeddings", "256",
 ]
 
 

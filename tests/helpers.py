@@ -83,3 +83,20 @@ class PauseAtStep(Callback):
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / f"paused{trainer.global_rank}").touch()
             time.sleep(600)
+
+
+class RecordStart(Callback):
+    """Writes `<out_dir>/start.pt` at the first training batch: the step, the optimizer's state size, the weights."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = Path(out_dir)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if not (self.out_dir / "start.pt").exists():
+            import torch
+
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            torch.save({"global_step": trainer.global_step, "optimizer_state": len(trainer.optimizers[0].state),
+                        "lr": trainer.optimizers[0].param_groups[0]["lr"],
+                        "weights": {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}},
+                       self.out_dir / "start.pt")

@@ -99,7 +99,8 @@ def test_synthetic_source_is_seeded():
     assert train["text"] == load_split("synthetic", "train", synthetic_stories=200)["text"]
 
 
-@pytest.mark.parametrize("dataset, match", [("./no/such/folder", "no such folder"), pytest.param(str(LLAMA_TOKENIZER), "no file", marks=needs_shared)])
+@pytest.mark.parametrize("dataset, match", [("./no/such/folder", "no such folder"),
+                                            pytest.param(str(LLAMA_TOKENIZER), "no file", marks=needs_shared)])
 def test_bad_local_source_names_the_path(dataset, match):
     with pytest.raises(DataSourceError, match=match):
         load_split(dataset, "train")

@@ -114,7 +114,8 @@ def test_loss_falls_far_below_its_start_on_synthetic_stories(tmp_path, tiny_toke
 
 @pytest.mark.slow
 def test_muon_run_logs_both_learning_rates_and_resumes(tmp_path, tiny_tokenizer_dir, monkeypatch):
-    args = ("--model.optimization.optimizer", "muon", "--model.optimization.muon_learning_rate", "5e-3", "--trainer.max_steps", "4",
+    args = ("--model.optimization.optimizer", "muon", "--model.optimization.muon_learning_rate", "5e-3",
+            "--trainer.max_steps", "4",
             "--trainer.val_check_interval", "2", "--trainer.check_val_every_n_epoch", "null",
             "--trainer.log_every_n_steps", "1")
     cli_main(fit_args(tmp_path, tiny_tokenizer_dir, *args))

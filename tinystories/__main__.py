@@ -34,6 +34,8 @@ SUMMARY = {
 REPEATABLE = ("--prompt",)
 # Options that take several values in a row: `--compare eval/a eval/b`.
 SEVERAL = ("--compare",)
+# Boolean options that may stand alone as flags: `--instruct` means `--instruct true`.
+FLAGS = ("--instruct",)
 
 
 def usage() -> str:
@@ -46,9 +48,13 @@ def usage() -> str:
 
 
 def spread_values(args: list[str]) -> list[str]:
-    """`--compare a b` -> `--compare+=a --compare+=b`: a list option's values appended one by one."""
+    """`--compare a b` -> `--compare+=a --compare+=b` (a list option's values appended one by one), and a bare
+    `--instruct` -> `--instruct true`."""
     out, current = [], None
-    for arg in args:
+    for i, arg in enumerate(args):
+        if arg in FLAGS and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            out += [arg, "true"]
+            continue
         if arg in SEVERAL:
             current = arg
             continue

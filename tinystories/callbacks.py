@@ -282,7 +282,7 @@ class StopOnNonFiniteLoss(Callback):
 
     @staticmethod
     def last_checkpoint(trainer: Trainer) -> str:
-        # The newest `last.ckpt` of either writer: after validations (`checkpoint`) or every N steps (`last_checkpoint`).
+        # The newest `last.ckpt` of either writer: at validations (`checkpoint`) or every N steps (`last_checkpoint`).
         paths = [p for p in (getattr(c, "last_model_path", "") for c in trainer.checkpoint_callbacks) if p]
         return max(paths, key=lambda p: Path(p).stat().st_mtime if Path(p).exists() else 0.0, default="none yet")
 

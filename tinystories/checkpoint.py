@@ -10,6 +10,7 @@ Checkpoints are read with `weights_only=True`, so nothing in them is executed; `
 and reads only the pickled metadata, which is milliseconds even for a checkpoint of hundreds of MB.
 """
 
+import json
 import os
 import tempfile
 import zipfile
@@ -112,6 +113,34 @@ def tokenizer_of(checkpoint: dict, path: Path, option: str = "--ckpt_path") -> P
         for name, text in files.items():
             (Path(tmp) / name).write_text(text, encoding="utf-8")
         return load_tokenizer(tmp)
+
+
+def architecture_of(path: Path, option: str) -> dict:
+    """The architecture of a `.ckpt` (its hyperparameters) or of an exported folder (its config.json)."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{option} {path}: a folder without config.json; give a .ckpt file or a folder written "
+                            "by `python -m tinystories export`")
+        return json.loads((path / "config.json").read_text(encoding="utf-8"))
+    if not path.exists():
+        raise UserError(f"{option} {path}: no such file or folder; give a .ckpt or an exported folder")
+    return hparams(path, option)["architecture"]
+
+
+def weights(path: Path, option: str) -> dict:
+    """The `LlamaForCausalLM` state dict of a `.ckpt` or an exported folder."""
+    path = Path(path)
+    if path.is_dir():
+        return load(path, option=option).model.state_dict()
+    state = read(path, option)["state_dict"]
+    return {k[len(MODEL_PREFIX):]: v for k, v in state.items() if k.startswith(MODEL_PREFIX)}
+
+
+def tokenizer_at(path: Path, option: str) -> PreTrainedTokenizerBase:
+    """The tokenizer a `.ckpt` carries, or an exported folder's."""
+    path = Path(path)
+    return load_tokenizer(str(path)) if path.is_dir() else tokenizer_of(read(path, option, mmap=True), path, option)
 
 
 def load(path: Path, device: str = "cpu", option: str = "--ckpt_path") -> Loaded:

@@ -71,8 +71,28 @@ def before_fit(cli, config: dict) -> None:
                   for k in ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")}
         given = dict(cli.given_model.get("architecture") or {})
         checkpoint.same_architecture(path, checkpoint.hparams(path)["architecture"], {**given, **linked})
+    if cli.model.hparams.get("init_from") and not config.get("ckpt_path"):
+        same_as_init(cli)
     if config.get("weights_only") is None:
         config["weights_only"] = True  # Lightning would unpickle anything from an http(s) checkpoint by default
+
+
+def init_from(path: str) -> None:
+    """`model.init_from` is a checkpoint or an exported folder (its architecture is compared in `before_fit`)."""
+    checkpoint.architecture_of(Path(path), "model.init_from")
+
+
+def same_as_init(cli) -> None:
+    """The pretrained model's architecture and tokenizer are the run's, or one line names the difference."""
+    path, option = Path(cli.model.hparams["init_from"]), "model.init_from"
+    advice = ("set model.architecture to the pretrained model's (its config.yaml), and data.tokenizer to null (then "
+              "the pretrained model's tokenizer is used)")
+    checkpoint.same_architecture(path, checkpoint.architecture_of(path, option), cli.model.hparams["architecture"],
+                                 option, advice)
+    if checkpoint.tokenizer_at(path, option).backend_tokenizer.to_str() != \
+            cli.datamodule.tokenizer.backend_tokenizer.to_str():
+        raise UserError(f"{option} {path}: was trained with another tokenizer than data.tokenizer "
+                        f"{cli.datamodule.hparams.tokenizer}; set data.tokenizer to null to use its own")
 
 
 def option_names(parser) -> list[str]:

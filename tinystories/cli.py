@@ -95,6 +95,10 @@ class TinyStoriesCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.trainer.precision is None:
             config.trainer.precision = default_precision(str(config.trainer.accelerator))
+        if config.model.get("init_from"):  # fails here, with its own option's name, before anything reads it
+            checks.init_from(config.model.init_from)
+            if config.data.tokenizer is None:  # fine-tuning keeps the pretrained model's tokenizer
+                config.data.tokenizer = str(config.model.init_from)
         known = {*self._parser(self.subcommand).callback_keys, *PLAIN_CALLBACKS}
         unknown = [name for name in config.get("disable_callbacks") or [] if name not in known]
         if unknown:
@@ -108,10 +112,10 @@ class TinyStoriesCLI(LightningCLI):
                      if key not in off]
         given = trainer_config.get("callbacks") or []
         has_bar = any(isinstance(c, ProgressBar) for c in (given if isinstance(given, list) else [given]))
+        no_bar = has_bar or trainer_config.get("enable_progress_bar") is False
         for name, callback in PLAIN_CALLBACKS.items():
-            if name in off or (name == "progress_bar" and (has_bar or trainer_config.get("enable_progress_bar") is False)):
-                continue
-            callbacks.insert(0, callback())
+            if name not in off and not (name == "progress_bar" and no_bar):
+                callbacks.insert(0, callback())
         if not trainer_config.get("plugins"):
             trainer_config["plugins"] = [AtomicCheckpointIO()]
         if trainer_config.get("logger") in (None, True):

@@ -15,7 +15,7 @@ import os
 import tempfile
 from functools import cached_property
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import datasets
 import numpy as np
@@ -27,11 +27,13 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from tinystories.errors import UserError
+from tinystories.instruct import INSTRUCT_SEED, instruct_split
+from tinystories.synthetic_instruct import INSTRUCT_VERSION
 from tinystories.sampling import ResumableSampler
 from tinystories.sources import load_split, source_id
 from tinystories.tokenizer import cached_bpe, load_tokenizer, token_bytes
 
-CACHE_FORMAT = 2  # bump when the cached columns change
+CACHE_FORMAT = 3  # bump when the cached columns change
 MAP_BATCH = 1000  # stories per tokenizer call; packing keeps at most one partial block per such batch
 
 
@@ -61,6 +63,8 @@ class TinyStoriesData(LightningDataModule):
         num_workers: int = 0,
         num_proc: Optional[int] = None,
         cache_dir: Optional[str] = None,
+        instruct: Optional[Literal["records", "derive"]] = None,
+        loss_on: Literal["all", "story"] = "all",
     ):
         """Where stories come from and how they are batched.
 
@@ -68,8 +72,9 @@ class TinyStoriesData(LightningDataModule):
             dataset: Stories: a hub data set name, a local folder saved with `save_to_disk`, a local folder with
                 `train.*` and `valid.*` (`.txt` in the TinyStories release format, `.jsonl`, `.json`, `.parquet`
                 with a `text` field), or `synthetic` (a built-in seeded generator, no download).
-            tokenizer: A hub name or local folder for `AutoTokenizer.from_pretrained`. `null` trains a byte-level
-                BPE of `tokenizer_vocab_size` tokens on `train_split` of `dataset` on first use and caches it.
+            tokenizer: A hub name or local folder for `AutoTokenizer.from_pretrained`, or a `.ckpt` (the tokenizer
+                it carries). `null` trains a byte-level BPE of `tokenizer_vocab_size` tokens on `train_split` of
+                `dataset` on first use and caches it (with `model.init_from`: that model's tokenizer).
             train_split: Training split in datasets split syntax, e.g. `train[:10%]`.
             val_split: Validation split, e.g. `validation`.
             max_length: Most tokens per sample: unpacked, a story keeps its last `max_length - 1` tokens, then
@@ -87,6 +92,12 @@ class TinyStoriesData(LightningDataModule):
             num_proc: Processes for tokenizing; null uses every core for large splits.
             cache_dir: Where tokenized data and trained tokenizers go; default `$TINYSTORIES_CACHE` or
                 `~/.cache/tinystories`.
+            instruct: TinyStories-Instruct (`tinystories/instruct.py`): `records` when the stories are instruct
+                records already (the release files), `derive` to make records from plain stories, with headers true
+                of each story; null for plain stories. A record longer than `max_length` keeps its header and the
+                start of its story.
+            loss_on: With `instruct`: train on `all` tokens (as the paper did), or on the `story` only, the header
+                masked out of the loss and of `val/bpb`.
         """
         super().__init__()
         if batch_size < 1:
@@ -95,6 +106,9 @@ class TinyStoriesData(LightningDataModule):
             raise UserError(f"data.max_length is {max_length}; it must be at least 2")
         if group_by_length and packing:
             raise UserError("data.group_by_length needs data.packing false: packed blocks all have max_length tokens")
+        if loss_on == "story" and (packing or not instruct):
+            raise UserError("data.loss_on story needs data.instruct (records or derive) and data.packing false: only "
+                            "then does each sample have one header to mask")
         self.save_hyperparameters()
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.splits: dict[str, datasets.Dataset] = {}
@@ -105,13 +119,18 @@ class TinyStoriesData(LightningDataModule):
     def tokenizer(self):
         name = self.hparams.tokenizer
         if name is None:
-            key = fingerprint([source_id(self.hparams.dataset, self.hparams.train_split, self.hparams.synthetic_stories),
+            hp = self.hparams
+            key = fingerprint([source_id(hp.dataset, hp.train_split, hp.synthetic_stories),
                                self.hparams.tokenizer_vocab_size])
             folder = self.cache_dir / "tokenizers" / f"bpe{self.hparams.tokenizer_vocab_size}-{key}"
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             with FileLock(str(folder) + ".lock"):  # DDP ranks on one machine train it once
                 name = str(cached_bpe(self.hparams.dataset, self.hparams.train_split, self.hparams.tokenizer_vocab_size,
                                       self.hparams.synthetic_stories, folder))
+        if Path(name).suffix == ".ckpt" and Path(name).is_file():  # a checkpoint carries its tokenizer
+            from tinystories.checkpoint import tokenizer_at
+
+            return tokenizer_at(Path(name), "data.tokenizer")
         return load_tokenizer(name)
 
     # Linked into the model's config by the CLI, so they are never typed twice.
@@ -145,6 +164,7 @@ class TinyStoriesData(LightningDataModule):
             "eos": self.eos_token_id,
             "max_length": hp.max_length,
             "packing": self.packed(split),
+            "instruct": [hp.instruct, hp.loss_on, INSTRUCT_SEED, INSTRUCT_VERSION] if hp.instruct else None,
         })
         return self.cache_dir / "tokenized" / key
 
@@ -165,16 +185,21 @@ class TinyStoriesData(LightningDataModule):
         # never a Python list or an in-memory table, so memory does not grow with the corpus (2.2 GB of text for
         # TinyStoriesV2 train); `python benchmarks/data_pipeline.py` measures it.
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}-work-") as work:
-            texts = load_split(hp.dataset, split, hp.synthetic_stories, cache_dir=work)
+            texts = load_split(hp.dataset, split, hp.synthetic_stories, cache_dir=work,
+                               instruct=hp.instruct is not None)
+            if hp.instruct:
+                texts = instruct_split(texts, hp.instruct, f"data.dataset {hp.dataset} ({split})", INSTRUCT_SEED)
             num_proc = hp.num_proc if hp.num_proc is not None else (os.cpu_count() if len(texts) > 20_000 else None)
             print(f"Tokenizing {len(texts):,} stories of {hp.dataset} ({split}) into {path} ...")
             fn_kwargs = {"tokenizer": self.tokenizer, "max_length": hp.max_length, "packing": self.packed(split),
-                         "sizes": np.asarray(token_bytes(self.tokenizer), dtype=np.int64)}
+                         "sizes": np.asarray(token_bytes(self.tokenizer), dtype=np.int64),
+                         "mask_header": hp.loss_on == "story"}
             ids = texts.map(tokenize_batch, batched=True, batch_size=MAP_BATCH, num_proc=num_proc,
                             remove_columns=texts.column_names, fn_kwargs=fn_kwargs, desc="tokenize",
                             cache_file_name=str(Path(work) / "tokens.arrow"),
                             features=datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
-                                                        "num_bytes": datasets.Value("int64")}))
+                                                        "num_bytes": datasets.Value("int64"),
+                                                        "prompt_tokens": datasets.Value("int32")}))
             tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
             ids.save_to_disk(str(tmp))
             tmp.rename(path)  # atomic: a crash mid-write leaves no half cache behind
@@ -268,20 +293,29 @@ def story_lengths(ds: datasets.Dataset) -> np.ndarray:
     return pc.list_value_length(ds.with_format("arrow")[:]["input_ids"]).to_numpy()
 
 
-def tokenize_batch(batch, tokenizer, max_length: int, packing: bool, sizes: np.ndarray):
+def tokenize_batch(batch, tokenizer, max_length: int, packing: bool, sizes: np.ndarray, mask_header: bool = False):
     ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
     eos = [tokenizer.eos_token_id]
+    prompt = [0] * len(ids)
+    if "header" in batch:  # instruct: header and story tokenized apart, as generation sees the header alone
+        heads = tokenizer(batch["header"], add_special_tokens=False)["input_ids"]
+        ids = [h + x for h, x in zip(heads, ids)]
+        prompt = [len(h) if mask_header else 0 for h in heads]
     # Packed stories may span blocks, so only the one-story-per-sample path cuts them.
-    ids = [x + eos for x in ids] if packing else [x[-(max_length - 1):] + eos for x in ids]
     if packing:
-        flat = np.concatenate([np.asarray(x, dtype=np.int64) for x in ids])
+        flat = np.concatenate([np.asarray(x + eos, dtype=np.int64) for x in ids])
         ids = [flat[i:i + max_length] for i in range(0, len(flat), max_length)]
         if len(ids[-1]) < 2:
             ids.pop()  # a one-token tail predicts nothing; other partial blocks get left-padded
-    # Bytes of the text the targets cover (every token but the first of a sample): the bpb denominator.
-    num_bytes = [int(sizes[np.asarray(x[1:], dtype=np.int64)].sum()) for x in ids]
-    return {"input_ids": ids, "num_bytes": num_bytes}
-
+        prompt = [0] * len(ids)
+    elif "header" in batch:
+        ids = [x[:max_length - 1] + eos for x in ids]  # the header stays; a long story loses its end
+    else:
+        ids = [x[-(max_length - 1):] + eos for x in ids]  # the recipe's cut: a long story keeps its end
+    # Bytes of the text the targets cover (every token but the first of a sample, and no masked header token): the
+    # bpb denominator.
+    num_bytes = [int(sizes[np.asarray(x[max(1, p):], dtype=np.int64)].sum()) for x, p in zip(ids, prompt)]
+    return {"input_ids": ids, "num_bytes": num_bytes, "prompt_tokens": prompt}
 
 def collate(samples: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Left-pad to the longest sample: mask 0 and labels -100 on pads, positions counting from the first token."""
@@ -293,6 +327,10 @@ def collate(samples: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
         input_ids[row, longest - n:] = torch.as_tensor(s["input_ids"], dtype=torch.long)
         attention_mask[row, longest - n:] = 1
     labels = input_ids.masked_fill(attention_mask == 0, -100)
+    for row, s in enumerate(samples):  # an instruct header trained with `loss_on: story` carries no loss
+        if prompt := int(s.get("prompt_tokens", 0)):
+            start = longest - len(s["input_ids"])
+            labels[row, start:start + prompt] = -100
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     num_bytes = torch.tensor([int(s["num_bytes"]) for s in samples], dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,

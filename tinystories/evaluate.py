@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 from typing import Literal, Optional
 
-from tinystories import checkpoint, measures
+from tinystories import checkpoint, instruct, measures
 from tinystories.errors import UserError
 from tinystories.generate import pick_device, sample_stories
 from tinystories.judge import AGE_GROUPS, CATEGORIES, Judge, parse_grades, write_json
+from tinystories.instruct import evaluation_headers as instruct_headers, header_text as instruct_header_text
 from tinystories.prompts import load_prompts
 
 # Fig. 4 of Eldan & Li (2023): GPT-4's grades of two of the paper's models on these 44 prompts.
@@ -94,7 +95,7 @@ def generate(loaded: checkpoint.Loaded, prompts: list[str], settings: dict) -> l
              "finished": s["eos"], "new_tokens": s["new_tokens"]} for i, s in enumerate(stories)]
 
 
-def add_measures(rows: list[dict], train_data: Optional[str], train_split: str) -> None:
+def add_measures(rows: list[dict], train_data: Optional[str], train_split: str, headers: Optional[list] = None) -> None:
     index = None
     if train_data:
         from tinystories.sources import iter_texts, load_split
@@ -105,6 +106,9 @@ def add_measures(rows: list[dict], train_data: Optional[str], train_split: str) 
         row["words"] = len(measures.words(row["completion"]))
         row["repetition"] = measures.repetition(row["completion"])
         row["copied"] = index.copied(row["completion"]) if index else None
+        if headers is not None:
+            row["header"] = headers[row["prompt_id"]][0]
+            row["follows"] = instruct.follows(row["header"], row["completion"])
 
 
 def add_grades(rows: list[dict], judge: Optional[Judge]) -> None:
@@ -116,14 +120,14 @@ def add_grades(rows: list[dict], judge: Optional[Judge]) -> None:
     print(f"Judging {len(rows)} completions with {judge.model} ({len(rows) - todo} already graded) ...")
     replies = judge.grade_all([(r["prompt"], r["completion"]) for r in rows])
     for row, reply in zip(rows, replies):
-        row.update(grades=parse_grades(reply["reply"]), judge_reply=reply["reply"],
+        row.update(grades=parse_grades(reply["reply"], judge.categories), judge_reply=reply["reply"],
                    judge_assessment=reply["assessment"])
 
 
 def mean_and_stderr(rows: list[dict], name: str) -> dict:
     by_prompt: dict[int, list[float]] = {}
     for row in rows:
-        if row["grades"]:
+        if row["grades"] and row["grades"].get(name) is not None:
             by_prompt.setdefault(row["prompt_id"], []).append(row["grades"][name])
     values = [v for vs in by_prompt.values() for v in vs]
     if not values:
@@ -150,12 +154,13 @@ def judge_free(rows: list[dict]) -> dict:
 
 def summarize(rows: list[dict], run: dict, judge: Optional[Judge]) -> dict:
     graded = [r for r in rows if r["grades"]]
+    extra = {"instruct": instruct.follow_rates(rows)} if run["settings"].get("instruct") else {}
     ages = {letter: sum(r["grades"]["age_group"] == letter for r in graded) for letter in AGE_GROUPS}
     ages["none"] = sum(r["grades"]["age_group"] is None for r in graded)
     return {**run, "judge": {"base_url": judge.base_url, "model": judge.model} if judge else None,
             "completions": len(rows), "graded": len(graded), "ungraded": len(rows) - len(graded),
             "means": {name: mean_and_stderr(rows, name) for name in CATEGORIES}, "age_groups": ages,
-            "judge_free": judge_free(rows), "paper": PAPER, "definitions": DEFINITIONS}
+            "judge_free": judge_free(rows), "paper": {} if extra else PAPER, "definitions": DEFINITIONS, **extra}
 
 
 def run_folder(ckpt_path: Path) -> Optional[Path]:
@@ -169,12 +174,15 @@ def run_folder(ckpt_path: Path) -> Optional[Path]:
 def log_to_tensorboard(folder: Path, step: int, summary: dict) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
-    scalars = {f"eval/{k}": v for k, v in summary["judge_free"].items() if v is not None}
-    scalars.update({f"eval/{k}": v["mean"] for k, v in summary["means"].items() if v["mean"] is not None})
+    prefix = "eval_instruct" if "instruct" in summary else "eval"  # the two kinds of evaluation apart
+    scalars = {f"{prefix}/{k}": v for k, v in summary["judge_free"].items() if v is not None}
+    scalars.update({f"{prefix}/{k}": v["mean"] for k, v in summary["means"].items() if v["mean"] is not None})
+    scalars.update({f"{prefix}/{k}": v for k, v in summary.get("instruct", {}).items()
+                    if isinstance(v, float)})
     with SummaryWriter(str(folder)) as writer:
         for tag, value in scalars.items():
             writer.add_scalar(tag, value, global_step=step)
-    print(f"Logged {len(scalars)} eval/* scalars to {folder} at step {step}")
+    print(f"Logged {len(scalars)} {prefix}/* scalars to {folder} at step {step}")
 
 
 def compare_table(folders: list[Path]) -> str:
@@ -218,6 +226,8 @@ def main(
     train_split: str = "train",
     device: Literal["auto", "cpu", "cuda"] = "auto",
     compare: Optional[list[Path]] = None,
+    instruct: bool = False,
+    prompts_split: str = "validation",
 ) -> None:
     """Complete story beginnings with a model, grade them (with a judge if given), and write a report.
 
@@ -242,6 +252,11 @@ def main(
         train_split: The split of train_data to check against.
         device: `auto` (CUDA when available), `cpu` or `cuda`.
         compare: Instead of evaluating, print a table of these evaluation folders' summaries.
+        instruct: TinyStories-Instruct: the prompts are headers (words, features, summary, random sentence) and
+            summary.json gains `instruct` (how often the stories follow them). --prompts is then an instruct file or
+            data set (its records' headers), or a plain story source (headers derived from its stories as for
+            training, `data.instruct: derive`).
+        prompts_split: With --instruct and a data set as --prompts, the split whose headers are used.
     """
     if compare:
         print(compare_table(list(compare)))
@@ -255,15 +270,25 @@ def main(
     if judge_base_url and not judge_model:
         raise UserError("--judge_base_url needs --judge_model (the model name the server serves)")
     ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
-    texts = load_prompts(prompts)
+    headers = None
+    if instruct:
+        if prompts is None:
+            raise UserError("--instruct needs --prompts: an instruct file or data set, or a plain story source")
+        headers = instruct_headers(prompts, prompts_split)
+        texts = [instruct_header_text(h, o) for h, o in headers]
+    else:
+        texts = load_prompts(prompts)
     if not ckpt_path.exists():
         raise UserError(f"--ckpt_path {ckpt_path}: no such file or folder; give a .ckpt or an exported folder")
     settings = dict(prompts=str(prompts) if prompts else "roneneldan/TinyStories: Evaluation prompts.yaml",
                     num_prompts=len(texts), num_samples=num_samples, temperature=temperature,
                     max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+    if instruct:
+        settings.update(instruct=True, prompts_split=prompts_split)
     run = {"checkpoint": {"path": str(ckpt_path), "sha256": fingerprint(ckpt_path)}, "settings": settings}
     held = check_out_dir(out_dir, run)
-    judge = Judge(judge_base_url, judge_model, out_dir / "judge", judge_concurrency, judge_timeout) if judge_model else None
+    judge = (Judge(judge_base_url, judge_model, out_dir / "judge", judge_concurrency, judge_timeout, instruct=instruct)
+             if judge_model else None)
     rows = read_rows(out_dir / "completions.jsonl") if held else None
     if judge and not (rows and all(judge.cached(r["prompt"], r["completion"]) for r in rows)):
         judge.check()  # before any completion is generated
@@ -277,7 +302,7 @@ def main(
     else:
         run = held
         print(f"Reusing the {len(rows)} completions in {out_dir}")
-    add_measures(rows, train_data, train_split)
+    add_measures(rows, train_data, train_split, headers)
     add_grades(rows, judge)
     summary = summarize(rows, run, judge)
     write_rows(out_dir / "completions.jsonl", rows)
@@ -301,4 +326,7 @@ def headline(summary: dict) -> str:
     parts += [f"finished {free['finished']:.2f}", f"repetition {free['repetition']:.3f}",
               f"distinct-2 {fmt(free['distinct_2'])}"]
     parts += [f"copied {free['copied']:.3f}"] if free["copied"] is not None else []
+    if "instruct" in summary:
+        parts += [f"instruct: {k} {fmt(v)}" for k, v in summary["instruct"].items()
+                  if k in ("all_words", "words", "random_sentence") and v is not None]
     return "; ".join(parts)

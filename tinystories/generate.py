@@ -20,6 +20,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from tinystories import checkpoint
 from tinystories.errors import UserError
+from tinystories.instruct import FEATURES, header_text
 
 def generation_config(tokenizer, max_new_tokens: int, do_sample: bool, temperature: float, top_k: int,
                       top_p: float, num_return_sequences: int = 1) -> GenerationConfig:
@@ -69,6 +70,30 @@ def sample_stories(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, p
     return stories
 
 
+def instruct_prompt(words: Optional[str], features: Optional[str], summary: Optional[str],
+                    random_sentence: Optional[str]) -> Optional[str]:
+    """The TinyStories-Instruct header these options ask for, in the trained format; None without any."""
+    if words is None and features is None and summary is None and random_sentence is None:
+        return None
+    header = {}
+    for key, value in (("features", features), ("words", words)):
+        if value is not None:
+            items = [item.strip() for item in value.split(",")]
+            if not all(items):
+                raise UserError(f"--{key} {value!r}: an empty item; give comma-separated {key}, e.g. "
+                                f"{'quit,oak,gloomy' if key == 'words' else 'Dialogue,BadEnding'}")
+            header[key] = items
+    unknown = [f for f in header.get("features", []) if f not in FEATURES]
+    if unknown:
+        raise UserError(f"--features: unknown {', '.join(unknown)}; the features are {', '.join(FEATURES)}")
+    for key, value in (("summary", summary), ("random_sentence", random_sentence)):
+        if value is not None:
+            if not value.strip():
+                raise UserError(f"--{key} is empty; give the text or leave the option out")
+            header[key] = value.strip()
+    return header_text(header)
+
+
 def read_prompts(prompt: Union[str, list[str], None], prompts_file: Optional[Path]) -> list[str]:
     prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
     if prompts_file is not None:
@@ -107,6 +132,10 @@ def main(
     batch_size: int = 8,
     device: Literal["auto", "cpu", "cuda"] = "auto",
     output: Optional[Path] = None,
+    words: Optional[str] = None,
+    features: Optional[str] = None,
+    summary: Optional[str] = None,
+    random_sentence: Optional[str] = None,
 ) -> None:
     """Continue prompts into stories and print them; optionally write them as JSON lines.
 
@@ -124,8 +153,17 @@ def main(
         batch_size: Prompts generated together (left-padded).
         device: `auto` (CUDA when available), `cpu` or `cuda`.
         output: A `.jsonl` file to write: one line per story with prompt, completion and settings.
+        words: A model fine-tuned on TinyStories-Instruct: words the story must use, comma-separated.
+        features: ... story features, comma-separated: Dialogue, BadEnding, MoralValue, Twist, Foreshadowing,
+            Conflict.
+        summary: ... what the story is about.
+        random_sentence: ... a sentence the story must contain.
     """
-    prompts = read_prompts(prompt, prompts_file)
+    header = instruct_prompt(words, features, summary, random_sentence)
+    if header is not None and (prompt or prompts_file):
+        raise UserError("give --prompt/--prompts_file or the instruct options (--words, --features, --summary, "
+                        "--random_sentence), not both")
+    prompts = [header] if header is not None else read_prompts(prompt, prompts_file)
     if num_return_sequences < 1 or batch_size < 1 or max_new_tokens < 1:
         raise UserError("--num_return_sequences, --batch_size and --max_new_tokens must be at least 1")
     if num_return_sequences > 1 and not do_sample:

@@ -38,7 +38,21 @@ GRADE = (
     "E: 10-12. F: 13-16.\n\nEnd with one line in this form: Grammar: X/10, Creativity: X/10, Consistency: X/10, "
     "Plot: X/10, Age group: X"
 )
+# TinyStories-Instruct (the paper's section 4.2): the story is graded against the instructions it was given.
+ASSESS_INSTRUCT = (
+    "In the following exercise, the student is given instructions for a story: words it must use, features it must "
+    "have, a summary of it or a sentence it must contain. The student needs to write the story. The instructions "
+    "were:\n\n{beginning}\n\nThe student wrote:\n\n{completion}\n\nPlease provide your general assessment about "
+    "the story written by the student. Is it gramatically correct? Is it consistent with the instructions?"
+)
+GRADE_INSTRUCT = (
+    "Now, grade the student's story in terms of grammar, creativity and consistency with the instructions. "
+    "Moreover, please provide your best guess of what the age of the student might be, as reflected from the story. "
+    "Choose from possible age groups: A: 3 or under. B: 4-5. C: 6-7. D: 8-9. E: 10-12. F: 13-16.\n\nEnd with one "
+    "line in this form: Grammar: X/10, Creativity: X/10, Consistency: X/10, Age group: X"
+)
 CATEGORIES = ("grammar", "creativity", "consistency", "plot")
+INSTRUCT_CATEGORIES = ("grammar", "creativity", "consistency")
 AGE_GROUPS = {"A": "3 or under", "B": "4-5", "C": "6-7", "D": "8-9", "E": "10-12", "F": "13-16"}
 # A category's name, then up to 40 characters without a digit (markdown, "makes sense", quotes), then the number.
 NUMBER = r"[^\d\n]{0,40}?(\d+(?:\.\d+)?)(?:\s*(?:/|out of)\s*10)?"
@@ -47,15 +61,16 @@ NAMES = {"grammar": r"grammar", "creativity": r"creativity", "consistency": r"co
 AGE = re.compile(r"(?i:age[ _-]*(?:group)?)[\"'*:\s]*(?:(?i:is)\s*)?[:=-]?[\"'*\s]*\(?([A-F])\b")
 
 
-def parse_grades(reply: str) -> Optional[dict]:
-    """The four grades (0-10) and the age group from whatever the judge wrote; None without all four grades.
+def parse_grades(reply: str, categories: tuple[str, ...] = CATEGORIES) -> Optional[dict]:
+    """The grades (0-10) and the age group from whatever the judge wrote; None without all of `categories`.
 
     Reads the paper's `Grammar: 8/10, ...` line, markdown (`**Grammar:** 8/10`), JSON (`{"grammar": 8}`), other
     spacing and case. The last mention of a category wins, so a reply that discusses grammar first and grades it
     at the end is read at the end.
     """
-    grades = {}
-    for name, pattern in NAMES.items():
+    grades = {name: None for name in CATEGORIES}
+    for name in categories:
+        pattern = NAMES[name]
         found = [float(m) for m in re.findall(rf"\b{pattern}\b{NUMBER}", reply, flags=re.IGNORECASE)]
         found = [value for value in found if 0 <= value <= 10]
         if not found:
@@ -66,8 +81,8 @@ def parse_grades(reply: str) -> Optional[dict]:
     return grades
 
 
-def cache_key(model: str, beginning: str, completion: str) -> str:
-    return hashlib.sha256(json.dumps([model, ASSESS, GRADE, beginning, completion]).encode()).hexdigest()[:32]
+def cache_key(model: str, templates: tuple[str, str], beginning: str, completion: str) -> str:
+    return hashlib.sha256(json.dumps([model, *templates, beginning, completion]).encode()).hexdigest()[:32]
 
 
 def write_json(path: Path, value) -> None:
@@ -80,9 +95,11 @@ def write_json(path: Path, value) -> None:
 
 class Judge:
     def __init__(self, base_url: Optional[str], model: str, cache_dir: Path, concurrency: int = 8,
-                 timeout: float = 120.0, max_retries: int = 6):
+                 timeout: float = 120.0, max_retries: int = 6, instruct: bool = False):
         from openai import OpenAI
 
+        self.templates = (ASSESS_INSTRUCT, GRADE_INSTRUCT) if instruct else (ASSESS, GRADE)
+        self.categories = INSTRUCT_CATEGORIES if instruct else CATEGORIES
         self.model, self.base_url, self.cache_dir, self.concurrency = model, base_url, Path(cache_dir), concurrency
         # Local servers take any key; OpenAI's answers 401 without one, which check() reports.
         self.client = OpenAI(base_url=base_url, api_key=os.environ.get("OPENAI_API_KEY") or "none", timeout=timeout,
@@ -116,20 +133,27 @@ class Judge:
         except openai.APIStatusError as err:
             raise UserError(f"{self.where()}: the judge answered {err.status_code} ({one_line(err, 120)})") from None
 
+    def path(self, beginning: str, completion: str) -> Path:
+        return self.cache_dir / f"{cache_key(self.model, self.templates, beginning, completion)}.json"
+
     def cached(self, beginning: str, completion: str) -> Optional[dict]:
-        path = self.cache_dir / f"{cache_key(self.model, beginning, completion)}.json"
+        path = self.path(beginning, completion)
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
     def grade(self, beginning: str, completion: str) -> dict:
         """The two turns, kept in the cache: {"assessment": ..., "reply": ...}."""
         if (kept := self.cached(beginning, completion)) is not None:
             return kept
-        messages = [{"role": "user", "content": ASSESS.format(beginning=beginning, completion=completion)}]
+        key = (beginning, completion)
+        assess, grade = self.templates
+        if assess is ASSESS_INSTRUCT:  # the instructions without the trailing `Story:` line
+            beginning = beginning.rstrip().removesuffix("Story:").rstrip()
+        messages = [{"role": "user", "content": assess.format(beginning=beginning, completion=completion)}]
         assessment = self.chat(messages)
-        messages += [{"role": "assistant", "content": assessment}, {"role": "user", "content": GRADE}]
+        messages += [{"role": "assistant", "content": assessment}, {"role": "user", "content": grade}]
         result = {"model": self.model, "assessment": assessment, "reply": self.chat(messages)}
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.cache_dir / f"{cache_key(self.model, beginning, completion)}.json", result)
+        write_json(self.path(*key), result)
         return result
 
     def grade_all(self, pairs: list[tuple[str, str]], progress: Optional[Callable[[int], None]] = None) -> list[dict]:
@@ -139,7 +163,7 @@ class Judge:
         def one(pair):
             try:
                 return self.grade(*pair)
-            except openai.APIError as err:  # retries spent: the rest stays cached, a rerun asks only for what is missing
+            except openai.APIError as err:  # retries spent: the rest stays cached, a rerun asks for what is missing
                 raise UserError(f"{self.where()}: a request failed after retries ({type(err).__name__}: "
                                 f"{one_line(err, 120)}); the replies so far are kept: run the same command again "
                                 "to continue") from None

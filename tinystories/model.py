@@ -114,7 +114,7 @@ def as_dataclass(cls, value):
 
 class TinyStoriesLM(LightningModule):
     def __init__(self, architecture: Architecture = Architecture(), optimization: Optimization = Optimization(),
-                 compile: bool = False):
+                 compile: bool = False, init_from: Optional[str] = None):
         """A LLaMA trained on stories.
 
         Args:
@@ -123,6 +123,9 @@ class TinyStoriesLM(LightningModule):
             compile: `torch.compile` each decoder layer in place for training steps: faster steps after a one-off
                 compile (docs/performance.md). On a CPU it needs a C++ compiler; without one training runs eager,
                 with a warning. Parameter names, and so checkpoints, do not change.
+            init_from: Start `fit` from the weights of this `.ckpt` or exported folder (fine-tuning), with a fresh
+                optimizer, schedule and step count; its architecture must be `architecture`. With `data.tokenizer:
+                null` its tokenizer is used. Not a resume: `--ckpt_path` resumes a run, and then this is ignored.
         """
         super().__init__()
         self.architecture = as_dataclass(Architecture, architecture)
@@ -130,7 +133,7 @@ class TinyStoriesLM(LightningModule):
         # Plain dicts, so checkpoints load with `weights_only=True` and hparams.yaml reads as YAML.
         optimization_dict = {**asdict(self.optimization), "betas": list(self.optimization.betas)}
         self.save_hyperparameters({"architecture": asdict(self.architecture), "optimization": optimization_dict,
-                                   "compile": compile})
+                                   "compile": compile, "init_from": None if init_from is None else str(init_from)})
         self.model = build_llama(self.architecture)
         self.time_progress = 0.0  # elapsed / max_time, with schedule_by_max_time: set before each training step
         self.val_nats, self.val_tokens, self.val_bytes = SumMetric(), SumMetric(), SumMetric()
@@ -214,6 +217,13 @@ class TinyStoriesLM(LightningModule):
             elapsed = timer.time_elapsed()
             progress = min(1.0, elapsed / max(elapsed + timer.time_remaining(), 1e-9))
             self.time_progress = self.trainer.strategy.broadcast(progress)  # every rank steps with rank 0's rate
+
+    def on_fit_start(self) -> None:
+        # After Lightning restored a --ckpt_path (then its weights win) and before the first step.
+        if self.hparams.get("init_from") and self.trainer.ckpt_path is None:
+            from tinystories import checkpoint
+
+            self.model.load_state_dict(checkpoint.weights(self.hparams.init_from, "model.init_from"), strict=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # For the model card (`export`): the latest validation metrics, and what turns steps into samples.

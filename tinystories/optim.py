@@ -173,7 +173,7 @@ def is_hidden_matrix(name: str, param: torch.Tensor) -> bool:
 
 
 def adamw_groups(named_params: Iterable[tuple[str, torch.Tensor]], embedding_lr: Optional[float]) -> list[dict]:
-    """One group `adamw`, or with `embedding_lr` the input embedding apart as `embedding` (TensorBoard: lr/embedding)."""
+    """One group `adamw`, or with `embedding_lr` the input embedding apart as `embedding` (lr/embedding)."""
     named = [(n, p) for n, p in named_params if p.requires_grad]
     if embedding_lr is None:
         return [{"params": [p for _, p in named], "name": "adamw"}]

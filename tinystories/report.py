@@ -114,7 +114,7 @@ def write_html(path: Path, summary: dict, rows: list[dict]) -> None:
 def render(summary: dict, rows: list[dict]) -> str:
     judged = summary.get("judge") is not None
     grades = [headline(summary), histograms(rows)] if judged else [headline(summary)]  # nothing to plot without one
-    free = judge_free(summary)
+    free = judge_free(summary) + instruct_section(summary)
     body = [header(summary), *(grades + [free] if judged else [free] + grades), prompts(rows)]
     title = f"TinyStories evaluation: {Path(summary['checkpoint']['path']).name}"
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -183,6 +183,26 @@ def judge_free(summary: dict) -> str:
             f"</tr>{body}</table>\n</section>")
 
 
+INSTRUCT = {  # key: what the share is of (TinyStories-Instruct evaluations)
+    "all_words": "stories that use all of their header's Words (or simple inflections of them)",
+    "words": "requested words used, over all requested words",
+    "random_sentence": "stories that contain their Random sentence",
+    "dialogue_when_asked": "stories with quoted speech when Features asks for Dialogue",
+    "no_dialogue_otherwise": "stories without quoted speech when it does not",
+}
+
+
+def instruct_section(summary: dict) -> str:
+    rates = summary.get("instruct")
+    if not rates:
+        return ""
+    body = "".join(f'<tr><td>{key}</td><td class="num">{fmt(rates.get(key), "3")}</td><td class="small">{e(text)}'
+                   "</td></tr>" for key, text in INSTRUCT.items())
+    return (f"\n<section>\n<h2>Instruction following</h2>\n<p class=\"muted small\">{rates['stories']} stories, "
+            f"{rates['stories_with_words']} of them asked for words.</p>\n<table><tr><th>measure</th><th>share</th>"
+            f"<th>of</th></tr>{body}</table>\n</section>")
+
+
 def histogram_svg(grade: str, counts: list[int]) -> str:
     top, left, base = max(counts) or 1, LEFT, PLOT_H + 20
     parts = [f'<svg class="histogram" data-grade="{grade}" width="{SVG_W}" height="{SVG_H}" '
@@ -235,6 +255,11 @@ def completion_block(row: dict) -> str:
               f'<span class="chip">{row["words"]} words</span>',
               f'<span class="chip">repetition {fmt(row["repetition"], "3")}</span>',
               f'<span class="chip">copied {fmt(row.get("copied"), "3")}</span>']
+    follows = row.get("follows") or {}
+    chips += [f'<span class="chip {"ok" if follows[key] else "cut"}">{label} {"yes" if follows[key] else "no"}</span>'
+              for key, label in (("all_words", "all words"), ("random_sentence", "sentence"),
+                                 ("dialogue_when_asked", "dialogue"), ("no_dialogue_otherwise", "no dialogue"))
+              if key in follows]
     return (f'<div class="sample"><div class="facts"><strong>sample {row["sample"]}</strong>{"".join(chips)}</div>\n'
             f'<p class="text">{e(row["completion"])}</p>\n{judge_details(row)}</div>')
 

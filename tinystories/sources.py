@@ -9,6 +9,7 @@
 seed and version) so caches built from it are invalidated when the source changes.
 """
 
+import json
 import re
 from pathlib import Path
 
@@ -77,17 +78,19 @@ def source_id(dataset: str, split: str, synthetic_stories: int = 0) -> dict:
 
 
 def load_split(
-    dataset: str, split: str, synthetic_stories: int = 20_000, cache_dir: str | Path | None = None
+    dataset: str, split: str, synthetic_stories: int = 20_000, cache_dir: str | Path | None = None,
+    instruct: bool = False,
 ) -> datasets.Dataset:
     """The split of `dataset` as a Dataset with a `text` column (split syntax like `train[:10%]` allowed).
 
     Synthetic stories and local `.txt`/`.jsonl`/`.parquet` files are written to memory-mapped Arrow files, in
     batches, under `cache_dir` (default: datasets' cache, `$HF_DATASETS_CACHE`), so memory does not grow with the
-    corpus. Hub data sets always use datasets' cache, where their downloads are kept.
+    corpus. Hub data sets always use datasets' cache, where their downloads are kept. With `instruct`, synthetic
+    stories come with a `facts` column (JSON: features and a summary their generator knows to be true).
     """
     cache_dir = None if cache_dir is None else str(cache_dir)
     if dataset == SYNTHETIC:
-        ds = synthetic_split(parse_split(split), synthetic_stories, cache_dir)
+        ds = synthetic_split(parse_split(split), synthetic_stories, cache_dir, instruct)
     elif looks_like_path(dataset):
         folder = local_folder(dataset)
         if is_saved_dataset(folder):
@@ -117,7 +120,7 @@ def select(ds: datasets.Dataset, split: str) -> datasets.Dataset:
     return ds.select(range(instruction.from_, instruction.to))
 
 
-def synthetic_split(name: str, stories: int, cache_dir: str | None = None) -> datasets.Dataset:
+def synthetic_split(name: str, stories: int, cache_dir: str | None = None, instruct: bool = False) -> datasets.Dataset:
     # Train and validation come from different seeds. Written to Arrow in batches, not held in a list: 500k
     # stories are 360 MB of text (a list of them peaked at 3.6x the memory of 50k, with the tokenizer's output).
     if name == "train":
@@ -126,6 +129,11 @@ def synthetic_split(name: str, stories: int, cache_dir: str | None = None) -> da
         n, seed = max(1, stories // SYNTHETIC_VAL_FRACTION), 1
     else:
         raise DataSourceError(f"data.dataset synthetic: unknown split {name!r}; use train or validation")
+    if instruct:
+        return datasets.Dataset.from_generator(
+            synthetic_instruct_rows, gen_kwargs={"n": n, "seed": seed, "version": instruct_version()},
+            cache_dir=cache_dir, features=datasets.Features({"text": datasets.Value("string"),
+                                                             "facts": datasets.Value("string")}))
     return datasets.Dataset.from_generator(
         synthetic_rows, gen_kwargs={"n": n, "seed": seed, "version": SYNTHETIC_VERSION}, cache_dir=cache_dir,
         features=datasets.Features({"text": datasets.Value("string")}),
@@ -136,6 +144,19 @@ def synthetic_rows(n: int, seed: int, version: int = SYNTHETIC_VERSION):
     # `version` is in the arguments only so datasets' cache of the generator's output is keyed on it.
     for text in generate_stories(n, seed=seed):
         yield {"text": text}
+
+
+def instruct_version() -> list[int]:
+    from tinystories.synthetic_instruct import INSTRUCT_VERSION
+
+    return [SYNTHETIC_VERSION, INSTRUCT_VERSION]
+
+
+def synthetic_instruct_rows(n: int, seed: int, version: list[int]):
+    from tinystories.synthetic import generate_instruct_stories
+
+    for text, facts in generate_instruct_stories(n, seed=seed):
+        yield {"text": text, "facts": json.dumps(facts)}
 
 
 def saved_split(folder: Path, split: str) -> datasets.Dataset:

@@ -7,10 +7,15 @@
     from tinystories.synthetic import synthetic_story
     print(synthetic_story(random.Random(42)))
 
+    from tinystories.synthetic import generate_instruct_stories   # TinyStories-Instruct facts
+    text, facts = next(generate_instruct_stories(1, seed=0))    # facts: {"features": [...], "summary": "..."}
+
 Each story has a beginning, a problem and a resolution drawn from one of several
 plot templates whose slots (names, animals, places, toys, feelings, weather) and
 optional sentences are filled from the RNG.  Only the hero gets pronouns; other
 characters are named or called "it", so he/she agreement is sound by construction.
+The instruct variant (templates in synthetic_instruct.py) also varies the plot with a bad ending,
+a twist, a conflict, foreshadowing and a closing moral, and reports which of these it wrote.
 """
 
 from __future__ import annotations
@@ -293,8 +298,13 @@ def _slots(rng: random.Random, plot: str, gender: str, name: str) -> _Slots:
 
 
 def _paragraphs(rng: random.Random, plot: str, slots: _Slots) -> list[str]:
+    return _render(rng, (OPENING,) + PLOTS[plot], slots)
+
+
+def _render(rng: random.Random, paras, slots: _Slots) -> list[str]:
+    """Paragraph templates to text: a tuple item is a choice of alternatives, "" is left out."""
     out = []
-    for para in (OPENING,) + PLOTS[plot]:
+    for para in paras:
         picked = (rng.choice(item) if isinstance(item, tuple) else item for item in para)
         text = " ".join(p for p in picked if p).format_map(slots)
         if text:
@@ -329,3 +339,17 @@ def generate_stories(n: int, seed: int = 0) -> Iterator[str]:
         raise ValueError(f"n must be >= 0, got {n}")
     rng = random.Random(seed)
     return (synthetic_story(rng) for _ in range(n))
+
+
+def instruct_story(rng: random.Random) -> tuple[str, dict]:
+    """One synthetic story and facts true of it: {"features": [...], "summary": "..."}."""
+    from tinystories.synthetic_instruct import instruct_story as story
+
+    return story(rng)
+
+
+def generate_instruct_stories(n: int, seed: int = 0) -> Iterator[tuple[str, dict]]:
+    """n (story, facts) pairs from a private Random(seed); pair k does not depend on n."""
+    from tinystories.synthetic_instruct import generate_instruct_stories as stories
+
+    return stories(n, seed)
