@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Timer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import fit_args
-from tinystories import checkpoint as checkpoint_io
+from tinystories import checkpoint as checkpoint_module
 from tinystories.__main__ import main
 from tinystories.callbacks import flops_per_token
 from tinystories.checkpoint import AtomicCheckpointIO
@@ -157,7 +157,7 @@ def test_full_disk_while_saving_leaves_the_previous_checkpoint(tmp_path, tiny_to
         f.write(b"half a checkpoint")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint_io.torch, "save", full_disk)
+    monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
     with pytest.raises(SystemExit, match="no space left on device.*resume with --ckpt_path last"):
         main(["fit", "--config", str(last.parents[1] / "config.yaml"), "--ckpt_path", str(last),
               "--trainer.max_steps", "6", "--checkpoint.dirpath", str(last.parent)])  # the same last.ckpt

@@ -7,6 +7,7 @@
 """
 
 import difflib
+import json
 import os
 import re
 from pathlib import Path
@@ -82,6 +83,12 @@ def init_from(path: str) -> None:
     checkpoint.architecture_of(Path(path), "model.init_from")
 
 
+def vocabulary(tokenizer) -> dict:
+    """What makes two tokenizers the same: their `tokenizer.json` without padding and truncation settings."""
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    return {k: v for k, v in state.items() if k not in ("padding", "truncation")}
+
+
 def same_as_init(cli) -> None:
     """The pretrained model's architecture and tokenizer are the run's, or one line names the difference."""
     path, option = Path(cli.model.hparams["init_from"]), "model.init_from"
@@ -89,8 +96,7 @@ def same_as_init(cli) -> None:
               "the pretrained model's tokenizer is used)")
     checkpoint.same_architecture(path, checkpoint.architecture_of(path, option), cli.model.hparams["architecture"],
                                  option, advice)
-    if checkpoint.tokenizer_at(path, option).backend_tokenizer.to_str() != \
-            cli.datamodule.tokenizer.backend_tokenizer.to_str():
+    if vocabulary(checkpoint.tokenizer_at(path, option)) != vocabulary(cli.datamodule.tokenizer):
         raise UserError(f"{option} {path}: was trained with another tokenizer than data.tokenizer "
                         f"{cli.datamodule.hparams.tokenizer}; set data.tokenizer to null to use its own")
 

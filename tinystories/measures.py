@@ -6,7 +6,7 @@
     index = NgramIndex(train_stories, k=8); index.copied(text)   # share of the text's 8-grams found in ONE story
 
 Words are runs of letters, digits and apostrophes, lowercased, so punctuation and case do not make a repeat look new.
-Definitions (also in the README):
+Definitions (also in docs/evaluation.md):
 - `repetition`: 1 - (distinct word 4-grams / word 4-grams) inside one completion; 0 when it has fewer than 4 words.
   A story that loops ("and they played and they played ...") scores near 1; fresh text 0.
 - `distinct_n` (Li et al., 2016): distinct word n-grams / all word n-grams, pooled over one prompt's samples; 1 when
