@@ -154,4 +154,6 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True) -> TinyStoriesC
     """Parse `args` (default: the command line) and run the subcommand; `run=False` only builds the objects."""
     if not run:
         args = args[1:] if args and args[0] in LIGHTNING_VERBS else args
-    return TinyStoriesCLI(TinyStoriesLM, TinyStoriesData, seed_everything_default=3407, run=run, args=args)
+    # The optimizer and schedule are `model.optimization`'s: LightningCLI's own `--optimizer` would bypass them.
+    return TinyStoriesCLI(TinyStoriesLM, TinyStoriesData, seed_everything_default=3407, run=run, args=args,
+                          auto_configure_optimizers=False)
