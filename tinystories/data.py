@@ -117,16 +117,15 @@ class TinyStoriesData(LightningDataModule):
 
     @cached_property
     def tokenizer(self):
-        name = self.hparams.tokenizer
+        hp = self.hparams
+        name = hp.tokenizer
         if name is None:
-            hp = self.hparams
-            key = fingerprint([source_id(hp.dataset, hp.train_split, hp.synthetic_stories),
-                               self.hparams.tokenizer_vocab_size])
-            folder = self.cache_dir / "tokenizers" / f"bpe{self.hparams.tokenizer_vocab_size}-{key}"
+            key = fingerprint([source_id(hp.dataset, hp.train_split, hp.synthetic_stories), hp.tokenizer_vocab_size])
+            folder = self.cache_dir / "tokenizers" / f"bpe{hp.tokenizer_vocab_size}-{key}"
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             with FileLock(str(folder) + ".lock"):  # DDP ranks on one machine train it once
-                name = str(cached_bpe(self.hparams.dataset, self.hparams.train_split, self.hparams.tokenizer_vocab_size,
-                                      self.hparams.synthetic_stories, folder))
+                name = str(cached_bpe(hp.dataset, hp.train_split, hp.tokenizer_vocab_size, hp.synthetic_stories,
+                                      folder))
         if Path(name).suffix == ".ckpt" and Path(name).is_file():  # a checkpoint carries its tokenizer
             from tinystories.checkpoint import tokenizer_at
 

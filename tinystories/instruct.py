@@ -22,7 +22,10 @@ import hashlib
 import json
 import random
 import re
+from pathlib import Path
 from typing import Optional
+
+from tinystories.errors import UserError
 
 NAMES = {"features": "Features", "words": "Words", "summary": "Summary", "random_sentence": "Random sentence"}
 KEYS = {name.lower(): key for key, name in NAMES.items()}
@@ -159,18 +162,21 @@ def follows(header: dict, story: str) -> dict:
 INSTRUCT_SEED = 0  # headers derived from plain stories: the same story always gets the same header
 
 
+def parse_record(text: str, index: int, what: str) -> tuple[dict, list[str], str]:
+    """`parse`, with a bad record named by its source and number (counted from 1)."""
+    try:
+        return parse(text)
+    except RecordError as err:
+        raise UserError(f"{what}: record {index + 1}: {err}; fix the record or drop it") from None
+
+
 def record_columns(rows: dict, indices: list[int], mode: str, what: str, seed: int) -> dict:
     """A `datasets.map` batch of stories (or records) -> `header` and `text` (the story) columns."""
     headers, stories = [], []
     facts = rows.get("facts") or [None] * len(rows["text"])
     for index, text, fact in zip(indices, rows["text"], facts):
         if mode == "records":
-            try:
-                header, order, story = parse(text)
-            except RecordError as err:
-                from tinystories.errors import UserError
-
-                raise UserError(f"{what}: record {index + 1}: {err}; fix the record or drop it") from None
+            header, order, story = parse_record(text, index, what)
         else:
             story = text
             header, order = derive(text, seed, json.loads(fact) if fact else None)
@@ -181,41 +187,19 @@ def record_columns(rows: dict, indices: list[int], mode: str, what: str, seed: i
 
 def instruct_split(texts, mode: str, what: str, seed: int = INSTRUCT_SEED):
     """The split's stories as instruct records: `header` and `text` columns."""
-    import datasets
-
-    try:
-        return texts.map(record_columns, batched=True, with_indices=True, remove_columns=texts.column_names,
-                         fn_kwargs={"mode": mode, "what": what, "seed": seed}, desc="instruct headers")
-    except Exception as err:  # datasets may wrap the error from a worker
-        cause = err
-        while cause is not None and type(cause).__name__ != "UserError":
-            cause = cause.__cause__ or cause.__context__
-        if cause is not None:
-            raise cause from None
-        raise
+    return texts.map(record_columns, batched=True, with_indices=True, remove_columns=texts.column_names,
+                     fn_kwargs={"mode": mode, "what": what, "seed": seed}, desc="instruct headers")
 
 
 def records_file_headers(texts, what: str) -> list[tuple[dict, list[str]]]:
     """The (header, order) of every record of an instruct split, for evaluation prompts."""
-    out = []
-    for index, text in enumerate(texts):
-        try:
-            header, order, _ = parse(text)
-        except RecordError as err:
-            from tinystories.errors import UserError
-
-            raise UserError(f"{what}: record {index + 1}: {err}; fix the record or drop it") from None
-        out.append((header, order))
-    return out
+    return [parse_record(text, index, what)[:2] for index, text in enumerate(texts)]
 
 
 def evaluation_headers(source: str, split: str = "validation") -> list[tuple[dict, list[str]]]:
     """Headers to evaluate on: an instruct file's or data set's records, or headers derived from a plain story
     source's `split` exactly as `data.instruct: derive` makes them for training."""
-    from pathlib import Path
-
-    from tinystories.errors import UserError
-    from tinystories.sources import file_split, load_split
+    from tinystories.sources import file_split, load_split  # sources imports the synthetic generator
 
     path = Path(source)
     if path.is_file():
