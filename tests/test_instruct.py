@@ -6,10 +6,11 @@ import json
 import pytest
 import torch
 
-from tests.conftest import fit_args
+from tests.conftest import fit_args, tiny_model
 from tinystories import instruct
 from tinystories.__main__ import main
 from tinystories.checkpoint import weights
+from tinystories.errors import UserError
 from tinystories.data import TinyStoriesData, collate, tokenize_batch
 from tinystories.tokenizer import load_tokenizer
 
@@ -104,6 +105,57 @@ def test_the_header_is_masked_out_of_the_loss_and_of_the_bytes(tiny_tokenizer_di
     assert (labels[1, :n - 3] == -100).all() and labels[1, -3:].tolist() == [5, 6, 7]  # pads, then the sample
 
 
+def test_the_first_use_of_each_requested_word_carries_the_word_weight(tiny_tokenizer_dir):
+    tokenizer = load_tokenizer(str(tiny_tokenizer_dir))
+    assert instruct.first_uses(STORY, ["kite", "smile", "sun"]) == [STORY.index("kite"), STORY.index("smiled")]
+    header = "Words: kite, smile, sun\nStory: \n\n"
+    batch = {"header": [header, header], "text": [STORY, "The sun came out."],
+             "words": [["kite", "smile", "sun"], ["kite", "smile", "sun"]]}
+    sizes = __import__("numpy").asarray([1] * len(tokenizer))
+    samples = tokenize_batch(batch, tokenizer, 512, False, sizes)
+
+    def starts(ids, uses, words):  # the weighted token is the word's first (this small BPE splits words)
+        firsts = [tokenizer.decode(int(ids[p])).strip() for p in uses]
+        return len(firsts) == len(words) and all(f and w.startswith(f) for f, w in zip(firsts, words))
+
+    assert starts(samples["input_ids"][0], samples["word_uses"][0], ["kite", "smiled"])
+    assert starts(samples["input_ids"][1], samples["word_uses"][1], ["sun"])
+    # Packed: a use stays at its token, in its block, where its record's header is in that block too (a use cut off
+    # from its header teaches nothing about headers)
+    first, second = (len(ids) for ids in samples["input_ids"])
+    packed = tokenize_batch(batch, tokenizer, first + 4, True, sizes)  # the second header starts in block 0
+    flat = [int(i) for ids in packed["input_ids"] for i in ids]
+    assert flat == [int(i) for ids in samples["input_ids"] for i in ids][:len(flat)]
+    uses = [block * (first + 4) + p for block, u in enumerate(packed["word_uses"]) for p in u]
+    assert uses == [int(p) for p in samples["word_uses"][0]]  # "sun" is in block 1, its header in block 0
+    packed = tokenize_batch(batch, tokenizer, first, True, sizes)  # each record in a block of its own
+    assert packed["word_uses"] == [samples["word_uses"][0], samples["word_uses"][1]]
+
+    rows = [{k: samples[k][i] for k in samples} for i in range(2)]
+    batch = collate(rows, tokenizer.pad_token_id, word_weight=5.0)
+    pad = batch["input_ids"].shape[1] - len(rows[1]["input_ids"])
+    assert batch["loss_weights"][0].nonzero().numel() == batch["input_ids"].shape[1]
+    assert (batch["loss_weights"] == 5).nonzero().tolist() == [[0, p] for p in rows[0]["word_uses"]] + [
+        [1, pad + p] for p in rows[1]["word_uses"]]
+    assert "loss_weights" not in collate(rows, tokenizer.pad_token_id)
+    # The model's training loss weighs exactly those targets: the weighted sum less the plain one is 4 times theirs
+    model = tiny_model(vocab_size=len(tokenizer))
+    plain, count = model.nats(batch)
+    weighted, _ = model.nats(batch, weighted=True)
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(batch["input_ids"], batch["attention_mask"], batch["position_ids"]), -1)
+    marked = -sum(log_probs[row, p - 1, batch["input_ids"][row, p]]
+                  for row, p in (batch["loss_weights"] == 5).nonzero())
+    torch.testing.assert_close(weighted - plain, 4 * marked, rtol=1e-4, atol=1e-4)
+
+
+def test_word_weight_needs_instruct_data():
+    with pytest.raises(UserError, match="data.word_weight is 3.0; .* only with data.instruct"):
+        TinyStoriesData(word_weight=3.0)
+    with pytest.raises(UserError, match="data.word_weight is -1"):
+        TinyStoriesData(instruct="derive", word_weight=-1)
+
+
 def write_records(path, records):
     path.mkdir(parents=True, exist_ok=True)
     for split, texts in records.items():
@@ -134,7 +186,8 @@ def test_records_load_through_the_data_module_and_bad_ones_are_named(tmp_path, t
 def test_init_from_starts_from_exactly_those_weights_with_a_fresh_optimizer(trained_ckpt, tmp_path,
                                                                                tiny_tokenizer_dir):
     main(fit_args(tmp_path, tiny_tokenizer_dir, "--model.init_from", str(trained_ckpt), "--data.instruct", "derive",
-                  "--data.loss_on", "story", "--trainer.max_steps", "3", "--model.optimization.warmup_steps", "2",
+                  "--data.loss_on", "story", "--data.word_weight", "5", "--trainer.max_steps", "3",
+                  "--model.optimization.warmup_steps", "2",
                   "--trainer.callbacks+=" + json.dumps({"class_path": "tests.helpers.RecordStart",
                                                         "init_args": {"out_dir": str(tmp_path)}})))
     start = torch.load(tmp_path / "start.pt", weights_only=True)

@@ -82,3 +82,24 @@ def test_chunk_rows_follow_the_vocabulary():
     assert loss.chunk_rows(torch.device("cpu"), 32000) == (128, 512)  # at least 128 rows
     assert loss.chunk_rows(torch.device("cpu"), 300) == (3495, 3495)  # a group is at least one chunk
     assert loss.chunk_rows(torch.device("cuda"), 32000) == (4194, 4194)
+
+
+def test_weights_scale_each_targets_loss_and_its_gradient(chunking):
+    hidden, weight, targets = inputs()
+    weights = torch.rand(targets.shape) * 10
+
+    def weighted_reference(hidden, weight, targets):
+        nats = F.cross_entropy(F.linear(hidden, weight).flatten(0, -2).float(), targets.flatten(), ignore_index=-100,
+                               reduction="none")
+        return (nats * weights.flatten()).sum()
+
+    got = grads(lambda h, w, t: linear_cross_entropy(h, w, t, weights), hidden, weight, targets)
+    expected = grads(weighted_reference, hidden, weight, targets)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(hidden, weight, targets, weights), expected[0], rtol=1e-5,
+                                   atol=1e-4)
+    ones = grads(lambda h, w, t: linear_cross_entropy(h, w, t, torch.ones(targets.shape)), hidden, weight, targets)
+    for a, b in zip(ones, grads(linear_cross_entropy, hidden, weight, targets)):
+        torch.testing.assert_close(a, b)

@@ -27,13 +27,14 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from tinystories.errors import UserError
-from tinystories.instruct import INSTRUCT_SEED, instruct_split
+from tinystories.instruct import INSTRUCT_SEED, first_uses, instruct_split
 from tinystories.synthetic_instruct import INSTRUCT_VERSION
 from tinystories.sampling import ResumableSampler
 from tinystories.sources import load_split, source_id
 from tinystories.tokenizer import cached_bpe, load_tokenizer, token_bytes
 
 CACHE_FORMAT = 3  # bump when the cached columns change
+INSTRUCT_FORMAT = 2  # bump when the columns of instruct data change (2: word_uses), leaving plain caches valid
 MAP_BATCH = 1000  # stories per tokenizer call; packing keeps at most one partial block per such batch
 
 
@@ -65,6 +66,7 @@ class TinyStoriesData(LightningDataModule):
         cache_dir: Optional[str] = None,
         instruct: Optional[Literal["records", "derive"]] = None,
         loss_on: Literal["all", "story"] = "all",
+        word_weight: float = 1.0,
     ):
         """Where stories come from and how they are batched.
 
@@ -98,6 +100,9 @@ class TinyStoriesData(LightningDataModule):
                 start of its story.
             loss_on: With `instruct`: train on `all` tokens (as the paper did), or on the `story` only, the header
                 masked out of the loss and of `val/bpb`.
+            word_weight: With `instruct`: the training loss's weight on the token where the story first uses each
+                word of its header's `Words` (1 weighs it like any token). Above 1 it stresses the instruction that
+                is hardest to learn from a few records. `val/loss` and `val/bpb` stay unweighted.
         """
         super().__init__()
         if batch_size < 1:
@@ -109,6 +114,9 @@ class TinyStoriesData(LightningDataModule):
         if loss_on == "story" and (packing or not instruct):
             raise UserError("data.loss_on story needs data.instruct (records or derive) and data.packing false: only "
                             "then does each sample have one header to mask")
+        if word_weight < 0 or (word_weight != 1 and not instruct):
+            raise UserError(f"data.word_weight is {word_weight}; it must be at least 0, and other than 1 only with "
+                            "data.instruct (records or derive)")
         self.save_hyperparameters()
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.splits: dict[str, datasets.Dataset] = {}
@@ -163,7 +171,8 @@ class TinyStoriesData(LightningDataModule):
             "eos": self.eos_token_id,
             "max_length": hp.max_length,
             "packing": self.packed(split),
-            "instruct": [hp.instruct, hp.loss_on, INSTRUCT_SEED, INSTRUCT_VERSION] if hp.instruct else None,
+            "instruct": ([hp.instruct, hp.loss_on, INSTRUCT_SEED, INSTRUCT_VERSION, INSTRUCT_FORMAT] if hp.instruct
+                         else None),
         })
         return self.cache_dir / "tokenized" / key
 
@@ -193,12 +202,13 @@ class TinyStoriesData(LightningDataModule):
             fn_kwargs = {"tokenizer": self.tokenizer, "max_length": hp.max_length, "packing": self.packed(split),
                          "sizes": np.asarray(token_bytes(self.tokenizer), dtype=np.int64),
                          "mask_header": hp.loss_on == "story"}
+            columns = {"input_ids": datasets.Sequence(datasets.Value("int32")), "num_bytes": datasets.Value("int64"),
+                       "prompt_tokens": datasets.Value("int32")}
+            if hp.instruct:
+                columns["word_uses"] = datasets.Sequence(datasets.Value("int32"))
             ids = texts.map(tokenize_batch, batched=True, batch_size=MAP_BATCH, num_proc=num_proc,
                             remove_columns=texts.column_names, fn_kwargs=fn_kwargs, desc="tokenize",
-                            cache_file_name=str(Path(work) / "tokens.arrow"),
-                            features=datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
-                                                        "num_bytes": datasets.Value("int64"),
-                                                        "prompt_tokens": datasets.Value("int32")}))
+                            cache_file_name=str(Path(work) / "tokens.arrow"), features=datasets.Features(columns))
             tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
             ids.save_to_disk(str(tmp))
             tmp.rename(path)  # atomic: a crash mid-write leaves no half cache behind
@@ -244,7 +254,7 @@ class TinyStoriesData(LightningDataModule):
                           num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
 
     def collate(self, samples: list[dict]) -> dict[str, torch.Tensor]:
-        return collate(samples, self.pad_token_id)
+        return collate(samples, self.pad_token_id, self.hparams.word_weight)
 
     def state_dict(self) -> dict:
         state = {"tokenizer_files": self.tokenizer_files}
@@ -293,31 +303,58 @@ def story_lengths(ds: datasets.Dataset) -> np.ndarray:
 
 
 def tokenize_batch(batch, tokenizer, max_length: int, packing: bool, sizes: np.ndarray, mask_header: bool = False):
-    ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+    instruct = "header" in batch
+    encoded = tokenizer(batch["text"], add_special_tokens=False, return_offsets_mapping=instruct)
+    ids = encoded["input_ids"]
     eos = [tokenizer.eos_token_id]
     prompt = [0] * len(ids)
-    if "header" in batch:  # instruct: header and story tokenized apart, as generation sees the header alone
+    if instruct:  # header and story tokenized apart, as generation sees the header alone
         heads = tokenizer(batch["header"], add_special_tokens=False)["input_ids"]
+        # The token (counted in the record) where the story first uses each requested word: `data.word_weight`.
+        uses = [[len(h) + token_at(offsets, c) for c in first_uses(story, words)]
+                for h, offsets, story, words in zip(heads, encoded["offset_mapping"], batch["text"],
+                                                    batch.get("words") or [[]] * len(ids))]
         ids = [h + x for h, x in zip(heads, ids)]
         prompt = [len(h) if mask_header else 0 for h in heads]
     # Packed stories may span blocks, so only the one-story-per-sample path cuts them.
     if packing:
+        lengths = np.asarray([len(x) + 1 for x in ids])
         flat = np.concatenate([np.asarray(x + eos, dtype=np.int64) for x in ids])
         ids = [flat[i:i + max_length] for i in range(0, len(flat), max_length)]
+        if instruct:  # positions in the joined stream, then in each block, kept where the header is in that block
+            starts = lengths.cumsum() - lengths
+            where = np.concatenate([np.asarray(u, dtype=np.int64) + start for u, start in zip(uses, starts)])
+            header_block = np.concatenate([np.full(len(u), start // max_length) for u, start in zip(uses, starts)])
+            where = where[where // max_length == header_block]
+            uses = [(where[(where >= i) & (where < i + max_length)] - i).tolist()
+                    for i in range(0, len(flat), max_length)]
         if len(ids[-1]) < 2:
             ids.pop()  # a one-token tail predicts nothing; other partial blocks get left-padded
         prompt = [0] * len(ids)
-    elif "header" in batch:
+    elif instruct:
         ids = [x[:max_length - 1] + eos for x in ids]  # the header stays; a long story loses its end
+        uses = [[p for p in u if p < max_length - 1] for u in uses]
     else:
         ids = [x[-(max_length - 1):] + eos for x in ids]  # the recipe's cut: a long story keeps its end
     # Bytes of the text the targets cover (every token but the first of a sample, and no masked header token): the
     # bpb denominator.
     num_bytes = [int(sizes[np.asarray(x[max(1, p):], dtype=np.int64)].sum()) for x, p in zip(ids, prompt)]
-    return {"input_ids": ids, "num_bytes": num_bytes, "prompt_tokens": prompt}
+    columns = {"input_ids": ids, "num_bytes": num_bytes, "prompt_tokens": prompt}
+    if instruct:
+        columns["word_uses"] = uses[:len(ids)]
+    return columns
 
-def collate(samples: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Left-pad to the longest sample: mask 0 and labels -100 on pads, positions counting from the first token."""
+
+def token_at(offsets: list[tuple[int, int]], char: int) -> int:
+    """The index of the token whose characters span `char` (a byte-level token may start with the space before)."""
+    return next((i for i, (_, end) in enumerate(offsets) if end > char), len(offsets) - 1)
+
+
+def collate(samples: list[dict], pad_token_id: int, word_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """Left-pad to the longest sample: mask 0 and labels -100 on pads, positions counting from the first token.
+
+    With a `word_weight` other than 1, `loss_weights` holds it on each token in `word_uses` (1 elsewhere).
+    """
     longest = max(len(s["input_ids"]) for s in samples)
     input_ids = torch.full((len(samples), longest), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(samples), longest), dtype=torch.long)
@@ -332,5 +369,12 @@ def collate(samples: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
             labels[row, start:start + prompt] = -100
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     num_bytes = torch.tensor([int(s["num_bytes"]) for s in samples], dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
-            "labels": labels, "num_bytes": num_bytes}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+             "labels": labels, "num_bytes": num_bytes}
+    if word_weight != 1 and "word_uses" in samples[0]:
+        weights = torch.ones(input_ids.shape, dtype=torch.float32)
+        for row, s in enumerate(samples):
+            start = longest - len(s["input_ids"])
+            weights[row, start + torch.as_tensor(s["word_uses"], dtype=torch.long)] = word_weight
+        batch["loss_weights"] = weights
+    return batch

@@ -139,6 +139,18 @@ def uses_word(story: str, word: str) -> bool:
     return bool(inflections(word) & {w.lower() for w in WORD.findall(story)})
 
 
+def first_uses(story: str, words: list[str]) -> list[int]:
+    """Where in `story` (character offsets) each requested word is first used, by the rule of `uses_word`."""
+    forms = {w: inflections(w) for w in words}
+    starts = {}
+    for match in WORD.finditer(story):
+        found = match[0].lower()
+        for word in forms:
+            if word not in starts and found in forms[word]:
+                starts[word] = match.start()
+    return sorted(starts.values())
+
+
 def normalized(text: str) -> str:
     return " ".join(text.lower().split())
 
@@ -171,8 +183,8 @@ def parse_record(text: str, index: int, what: str) -> tuple[dict, list[str], str
 
 
 def record_columns(rows: dict, indices: list[int], mode: str, what: str, seed: int) -> dict:
-    """A `datasets.map` batch of stories (or records) -> `header` and `text` (the story) columns."""
-    headers, stories = [], []
+    """A `datasets.map` batch of stories (or records) -> `header`, `text` (the story) and `words` (requested)."""
+    headers, stories, words = [], [], []
     facts = rows.get("facts") or [None] * len(rows["text"])
     for index, text, fact in zip(indices, rows["text"], facts):
         if mode == "records":
@@ -182,13 +194,18 @@ def record_columns(rows: dict, indices: list[int], mode: str, what: str, seed: i
             header, order = derive(text, seed, json.loads(fact) if fact else None)
         headers.append(header_text(header, order))
         stories.append(story)
-    return {"header": headers, "text": stories}
+        words.append(header.get("words", []))
+    return {"header": headers, "text": stories, "words": words}
 
 
 def instruct_split(texts, mode: str, what: str, seed: int = INSTRUCT_SEED):
-    """The split's stories as instruct records: `header` and `text` columns."""
+    """The split's stories as instruct records: `header`, `text` and `words` columns."""
+    import datasets
+
+    features = datasets.Features({"header": datasets.Value("string"), "text": datasets.Value("string"),
+                                  "words": datasets.Sequence(datasets.Value("string"))})
     return texts.map(record_columns, batched=True, with_indices=True, remove_columns=texts.column_names,
-                     fn_kwargs={"mode": mode, "what": what, "seed": seed}, desc="instruct headers")
+                     fn_kwargs={"mode": mode, "what": what, "seed": seed}, features=features, desc="instruct headers")
 
 
 def records_file_headers(texts, what: str) -> list[tuple[dict, list[str]]]:

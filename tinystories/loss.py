@@ -13,6 +13,8 @@ Numerics follow autocast: the products run in the autocast dtype (bf16 or fp16) 
 weight's dtype; the softmax and the loss are fp32, as autocast computes `cross_entropy`.
 """
 
+from typing import Optional
+
 import torch
 
 IGNORE_INDEX = -100
@@ -37,18 +39,22 @@ def chunk_rows(device: torch.device, vocab_size: int) -> tuple[int, int]:
     return rows, rows * max(1, GROUP_ROWS[kind] // rows)
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of `hidden @ weight.T` against `targets` (`-100` is ignored), as an fp32 scalar.
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Summed cross-entropy of `hidden @ weight.T` against `targets` (`-100` is ignored), as an fp32 scalar; with
+    `weights`, each target's nats times its weight.
 
-    `hidden` is (..., d), `weight` (vocab, d), `targets` the shape of `hidden` without its last dimension.
+    `hidden` is (..., d), `weight` (vocab, d), `targets` and `weights` the shape of `hidden` without its last
+    dimension.
     """
     hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    weights = weights.reshape(-1).float() if weights is not None else None
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return LinearCrossEntropy.apply(hidden, weight, targets)
-    return _loss_only(hidden, weight, targets)
+        return LinearCrossEntropy.apply(hidden, weight, targets, weights)
+    return _loss_only(hidden, weight, targets, weights)
 
 
-def _loss_only(hidden, weight, targets) -> torch.Tensor:
+def _loss_only(hidden, weight, targets, weights) -> torch.Tensor:
     dtype = compute_dtype(hidden, weight)
     with torch.autocast(hidden.device.type, enabled=False):
         w, h = weight.to(dtype), hidden.to(dtype)
@@ -58,14 +64,14 @@ def _loss_only(hidden, weight, targets) -> torch.Tensor:
             t = targets[start:start + rows]
             valid = t != IGNORE_INDEX
             log_probs = torch.log_softmax(h[start:start + rows] @ w.T, -1, dtype=torch.float32)
-            nats = -log_probs.gather(1, t.where(valid, 0)[:, None]).squeeze(1)
-            total += nats.masked_fill(~valid, 0).sum()
+            nats = -log_probs.gather(1, t.where(valid, 0)[:, None]).squeeze(1).masked_fill(~valid, 0)
+            total += (nats if weights is None else nats * weights[start:start + rows]).sum()
         return total
 
 
 class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets):
+    def forward(ctx, hidden, weight, targets, weights):
         # No host synchronisation (no branch on tensor values): ignored rows are handled by masks, not by indexing.
         dtype = compute_dtype(hidden, weight)
         with torch.autocast(hidden.device.type, enabled=False):
@@ -90,8 +96,12 @@ class LinearCrossEntropy(torch.autograd.Function):
                     # exact even where the target's own probability is below fp32's range
                     lse = logits.amax(-1).float() - probs.amax(-1).log()
                     nats = lse - logits.gather(1, index[start:end]).squeeze(1).float()
-                    total += nats.where(valid[start:end], 0).sum()
+                    nats = nats.where(valid[start:end], 0)
                     probs.scatter_add_(1, index[start:end], torch.full((end - start, 1), -1.0, device=device))
+                    if weights is not None:  # a target's weight scales its nats and so its gradient
+                        nats = nats * weights[start:end]
+                        probs.mul_(weights[start:end, None])
+                    total += nats.sum()
                     chunk = grad_logits[start - group_start:end - group_start]
                     chunk.copy_(probs)  # d nats / d logits = softmax - one-hot
                     torch.mm(chunk, w, out=grad_h[start:end])
@@ -105,4 +115,4 @@ class LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output):
         grad_h, grad_w = ctx.saved_tensors
         hidden_dtype, weight_dtype = ctx.dtypes
-        return grad_h.to(hidden_dtype) * grad_output, (grad_w * grad_output).to(weight_dtype), None
+        return grad_h.to(hidden_dtype) * grad_output, (grad_w * grad_output).to(weight_dtype), None, None

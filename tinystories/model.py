@@ -168,18 +168,24 @@ class TinyStoriesLM(LightningModule):
     def forward(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
         return self.model.lm_head(self.hidden(input_ids, attention_mask, position_ids))
 
-    def nats(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed next-token cross-entropy over the batch's real targets, and how many there are."""
+    def nats(self, batch, weighted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed next-token cross-entropy over the batch's real targets, and how many there are; `weighted` applies
+        the batch's `loss_weights` (`data.word_weight`) where it has them."""
         hidden = self.hidden(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
         # Targets shifted left (the last position predicts nothing). The head and the loss run fused, a chunk of
         # rows at a time (`tinystories/loss.py`): the full logits are never made. A left-padded story's first token
         # follows a pad: nothing predicts it (its bytes are not in num_bytes).
         targets = batch["labels"][:, 1:].masked_fill(batch["attention_mask"][:, :-1] == 0, IGNORE_INDEX)
         targets = F.pad(targets, (0, 1), value=IGNORE_INDEX)
-        return linear_cross_entropy(hidden, self.model.lm_head.weight, targets), (targets != IGNORE_INDEX).sum()
+        weights = batch.get("loss_weights") if weighted else None
+        if weights is not None:  # a label's weight goes with it to the position that predicts it
+            weights = F.pad(weights[:, 1:], (0, 1), value=1.0)
+        return (linear_cross_entropy(hidden, self.model.lm_head.weight, targets, weights),
+                (targets != IGNORE_INDEX).sum())
 
     def training_step(self, batch, batch_idx):
-        nats, count = self.nats(batch)
+        # With `data.word_weight`, the weighted loss: what is optimized (validation stays plain)
+        nats, count = self.nats(batch, weighted=True)
         loss = nats / count
         self.log("train/loss", loss, prog_bar=True)
         return loss
