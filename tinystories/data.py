@@ -318,11 +318,11 @@ def tokenize_batch(batch, tokenizer, max_length: int, packing: bool, sizes: np.n
         prompt = [len(h) if mask_header else 0 for h in heads]
     # Packed stories may span blocks, so only the one-story-per-sample path cuts them.
     if packing:
-        lengths = np.asarray([len(x) + 1 for x in ids])
+        if instruct:  # where each record starts in the joined stream
+            starts = np.cumsum([0] + [len(x) + 1 for x in ids[:-1]])
         flat = np.concatenate([np.asarray(x + eos, dtype=np.int64) for x in ids])
         ids = [flat[i:i + max_length] for i in range(0, len(flat), max_length)]
-        if instruct:  # positions in the joined stream, then in each block, kept where the header is in that block
-            starts = lengths.cumsum() - lengths
+        if instruct:  # uses in the joined stream, then in each block, kept where the header is in that block
             where = np.concatenate([np.asarray(u, dtype=np.int64) + start for u, start in zip(uses, starts)])
             header_block = np.concatenate([np.full(len(u), start // max_length) for u, start in zip(uses, starts)])
             where = where[where // max_length == header_block]
