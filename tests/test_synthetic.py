@@ -9,6 +9,7 @@ from tinystories.synthetic import (
     GIRL_NAMES,
     PLOT_NAMES,
     SYNTHETIC_VERSION,
+    generate_instruct_stories,
     generate_stories,
     synthetic_story,
     tagged_story,
@@ -47,11 +48,12 @@ def test_zero_and_negative_n():
         generate_stories(-1)
 
 
-def test_does_not_touch_global_random_state():
+@pytest.mark.parametrize("generate", [generate_stories, generate_instruct_stories])
+def test_does_not_touch_global_random_state(generate):
     random.seed(123)
     expected = random.random()
     random.seed(123)
-    list(generate_stories(20, seed=5))
+    list(generate(20, seed=5))
     assert random.random() == expected
 
 
