@@ -1,19 +1,25 @@
 """One command for the first GPU: the 19.5M model trained the fast way and the recipe's way, then generate and export.
 
     python benchmarks/gpu_check.py                            # one GPU, ../shared/data: a few minutes, at most 8
-    python benchmarks/gpu_check.py --peak_flops 989e12        # MFU against an H100/H200's dense bf16 peak
+    python benchmarks/gpu_check.py --peak_flops 989e12        # MFU against a peak of your choice
     python benchmarks/gpu_check.py --smoke --out_dir /tmp/gc  # tiny, on a CPU, in under a minute: the same code path
 
-(a) configs/tinystories-20m-fast.yaml (packed 512-token blocks, batch 128, Muon, bf16, compiled layers) for `--steps`
-steps, and (b) configs/tinystories-20m.yaml, the reference recipe's settings (batch 4 left-padded stories, AdamW 1e-4,
-no compile) for `--recipe_steps`, both through the real `fit` (`tinystories.cli.cli_main`) on `--dataset` (default
-the real stories in ../shared/data) under `--out_dir`. Each run's figures come from its own TensorBoard events (the
-`throughput/` metrics of the project's Throughput callback) and its trainer:
+First the machine: device name and compute capability, torch, CUDA and cuDNN versions, the precision that
+`trainer.precision: null` picks there, and a line `attention:` from a probe: (a)'s model (`TinyStoriesLM`, eager)
+takes a forward and backward pass in that precision's dtype (bf16 from sm80 on) over left-padded batches made by
+`tinystories.data.collate`, at sequence lengths 448 and 512, rows from full to one real token; the line says whether
+any output (every position's last hidden state, pads included), the loss or any gradient is NaN or infinite.
+Then (a) configs/tinystories-20m-fast.yaml (packed 512-token blocks, batch 128, Muon, bf16, compiled layers) for
+`--steps` steps, and (b) configs/tinystories-20m.yaml, the reference recipe's settings (batch 4 left-padded stories,
+AdamW 1e-4, no compile) for `--recipe_steps`, both through the real `fit` (`tinystories.cli.cli_main`) on
+`--dataset` (default the real stories in ../shared/data) under `--out_dir`. Each run's figures come from its own
+TensorBoard events (the `throughput/` metrics of the project's Throughput callback) and its trainer:
 - real (non-pad) tokens/s: the median of the logging windows (`--log_every` steps) after the first;
-- MFU, against `--peak_flops` (989e12: an H100's or H200's dense bf16 peak), else Lightning's table where it knows
-  the GPU (the peak used is printed: the table's H200 entries are sparse peaks, twice the dense), else "unknown";
+- MFU, against `--peak_flops`, else the GPU's dense peak at the training precision (`tinystories.gpu.DENSE_PEAKS`:
+  H200, H100, A100, L4, A10, T4, RTX 4090, ...), else Lightning's table, else "unknown"; the peak used is printed;
 - the first window's time against a steady window's: compiling (a) and start-up;
-- peak memory: `torch.cuda.max_memory_allocated` on a GPU, the process's max RSS on a CPU;
+- peak memory: `torch.cuda.max_memory_allocated` on a GPU, the process's max RSS on a CPU; on a GPU also what is
+  still allocated when the run starts (after (a): what (a) left on the GPU);
 - the final val/bpb;
 then `ratio=` (tokens/s of (a) / (b)). Last, 2 stories from (a)'s last.ckpt (`tinystories.checkpoint.load` and
 `sample_stories`), and (a) exported (`tinystories.export.main`) and reloaded with `AutoModelForCausalLM`.
@@ -22,6 +28,7 @@ no compile.
 """
 
 import argparse
+import gc
 import os
 import statistics
 import tempfile
@@ -30,13 +37,17 @@ import warnings
 from pathlib import Path
 
 import torch
-from common import CONFIGS, LLAMA_TOKENIZER, TINYSTORIES, gib, local, peak_memory, reset_peak_memory, scalars
+from common import (CONFIGS, LLAMA_TOKENIZER, TINYSTORIES, architecture, gib, load_config, local, peak_memory,
+                    reset_peak_memory, scalars)
 
-from tinystories import checkpoint, export
-from tinystories.cli import cli_main
+from tinystories import checkpoint, export, gpu
+from tinystories.cli import cli_main, default_precision
+from tinystories.data import collate
 from tinystories.generate import sample_stories
+from tinystories.model import TinyStoriesLM
 
 PROMPTS = ["Once upon a time", "Lily and her dog"]
+PROBE_LENGTHS = (448, 512)
 SMOKE = [
     "--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--trainer.enable_progress_bar", "false",
     "--trainer.enable_model_summary", "false", "--trainer.limit_val_batches", "2", "--model.compile", "false",
@@ -57,13 +68,59 @@ warnings.filterwarnings("ignore", message="LightningCLI's args parameter is inte
 def peak_flops(args, device: torch.device) -> tuple[float | None, str]:
     if args.peak_flops:
         return args.peak_flops, "--peak_flops"
-    if device.type == "cuda":
-        from lightning.fabric.utilities.throughput import get_available_flops
+    return gpu.peak_flops(device, default_precision(device.type))
 
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if flops := get_available_flops(device, dtype):
-            return flops, f"Lightning's table for {torch.cuda.get_device_name(device)}, {dtype}"
-    return None, ""
+
+def describe(device: torch.device) -> str:
+    """What runs the check: device, compute capability, library versions, and the precision `null` picks here."""
+    if device.type == "cuda":
+        name, cap = torch.cuda.get_device_name(device), "%d.%d" % torch.cuda.get_device_capability(device)
+    else:
+        name, cap = "CPU", "none"
+    precision = default_precision(device.type)
+    smoke = "; --smoke trains in 32-true" if device.type == "cpu" else ""
+    return (f"device: {name}; compute capability {cap}; torch {torch.__version__}, "
+            f"CUDA {torch.version.cuda or 'none'}, cuDNN {torch.backends.cudnn.version() or 'none'}\n"
+            f"precision: {precision} (what trainer.precision: null picks here{smoke})")
+
+
+def probe_model(smoke: bool, device: torch.device) -> TinyStoriesLM:
+    """(a)'s model: the fast config's shape (--smoke: its hidden-32 options) and LLaMA-2's 32,000 tokens (512)."""
+    pairs = dict(zip(SMOKE[::2], SMOKE[1::2]))
+    shape = {k.removeprefix("--model.architecture."): int(v) for k, v in pairs.items()
+             if smoke and k.startswith("--model.architecture.")}
+    torch.manual_seed(0)
+    arch = architecture(load_config(RUNS["(a) fast"][0]), vocab_size=512 if smoke else 32000, pad_token_id=0, **shape)
+    return TinyStoriesLM(arch).to(device).train()
+
+
+def attention_probe(lm: TinyStoriesLM, device: torch.device, dtype: torch.dtype) -> str:
+    """The `attention:` line: a NaN or infinity in outputs, loss or gradients of left-padded passes, at each length."""
+    hidden = {}
+    hook = lm.model.model.register_forward_hook(lambda module, args, out: hidden.update(out=out.last_hidden_state))
+    found, what = [], str(dtype).removeprefix("torch.")
+    try:
+        for length in PROBE_LENGTHS:
+            lengths = (length, length - 1, length - 64, length // 2, 17, 1)  # every row but the first left-padded
+            ids = torch.randint(3, lm.architecture.vocab_size, (len(lengths), length),
+                                generator=torch.Generator().manual_seed(length))
+            samples = [{"input_ids": row[:n].tolist(), "num_bytes": n} for row, n in zip(ids, lengths)]
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                     for k, v in collate(samples, lm.architecture.pad_token_id).items()}
+            lm.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=dtype):
+                nats, count = lm.nats(batch)
+            (nats / count).backward()
+            grads = [p.grad for p in lm.parameters() if p.grad is not None]
+            bad = [name for name, tensors in (("outputs", [hidden["out"]]), ("loss", [nats]), ("gradients", grads))
+                   if not all(bool(torch.isfinite(t).all()) for t in tensors)]
+            if bad:
+                found.append(f"NaN or inf in {' and '.join(bad)} at length {length}")
+    finally:
+        hook.remove()
+    lengths = f"lengths {' and '.join(map(str, PROBE_LENGTHS))}, rows of L, L-1, L-64, L/2, 17 and 1 real tokens"
+    return (f"attention: {'; '.join(found) if found else 'no NaN or inf in outputs, loss or gradients'} (left-padded "
+            f"{what} forward and backward of TinyStoriesLM, {lengths})")
 
 
 def fit_options(args, steps: int, out: Path, peak: float | None, smoke_options: list[str]) -> list[str]:
@@ -82,6 +139,9 @@ def run(name: str, config: Path, steps: int, smoke_options: list[str], args, dev
     """One `fit`, and what its events and trainer say about it."""
     print(f"\n=== {name}: {config.relative_to(CONFIGS.parent)}, {steps} steps", flush=True)
     peak, source = peak_flops(args, device)
+    if device.type == "cuda":
+        gc.collect()
+        print(f"GPU memory allocated at the start: {gib(torch.cuda.memory_allocated(device))}", flush=True)
     reset_peak_memory(device)
     start = time.perf_counter()
     cli = cli_main(["fit", "--config", str(config),
@@ -170,8 +230,10 @@ def main() -> None:
         raise SystemExit("error: no CUDA GPU here, and the full-size runs would take hours on a CPU; --smoke runs the "
                          "tiny version (benchmarks/throughput.py compares the two trainings on a CPU)")
     start = time.perf_counter()
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {device_name}; torch {torch.__version__}; out_dir: {args.out_dir}")
+    print(describe(device), flush=True)
+    dtype = torch.float16 if default_precision(device.type) == "16-mixed" else torch.bfloat16
+    print(attention_probe(probe_model(args.smoke, device), device, dtype), flush=True)
+    print(f"out_dir: {args.out_dir}")
     results = [run(name, config, args.steps if name.startswith("(a)") else args.recipe_steps, smoke, args, device)
                for name, (config, smoke) in RUNS.items()]
     for result in results:

@@ -1,7 +1,10 @@
-"""`benchmarks/gpu_check.py --smoke`: the first-GPU check's whole path (two fits, stories, export) on a CPU.
+"""The benchmarks' `--smoke` runs, in the suite.
 
-It needs nothing from ../shared: synthetic stories and a BPE the data module trains on them.
+`benchmarks/gpu_check.py --smoke`: the first-GPU check's whole path (two fits, stories, export) on a CPU; it needs
+nothing from ../shared (synthetic stories and a BPE the data module trains on them). `benchmarks/recipe.py --smoke`:
+the recipe, the port and the fast config's budget search for a few steps each, on ../shared's stories.
 """
+import json
 
 import os
 import re
@@ -10,6 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import needs_shared
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,6 +29,10 @@ def test_gpu_check_smoke(tmp_path):
                            "--peak_flops", "1e12"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
+    assert re.search(r"^device: CPU; compute capability none; torch \S+, CUDA \S+, cuDNN \S+$", out, re.M), out
+    assert re.search(r"^precision: (bf16-mixed|32-true) \(", out, re.M), out
+    assert re.search(r"^attention: no NaN or inf in outputs, loss or gradients \(left-padded bfloat16 .* lengths 448 "
+                     r"and 512", out, re.M), out
     for run in ("(a) fast", "(b) recipe"):
         report = out[out.index(f"\n{run}: "):]
         assert re.search(r"real tokens/s: [\d,]+ \(median", report), report
@@ -37,3 +46,35 @@ def test_gpu_check_smoke(tmp_path):
     assert reloaded and float(reloaded[1]) < 1e-4, out  # the export holds the checkpoint's weights
     assert (out_dir / "export" / "config.json").is_file()
     assert (out_dir / "a" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+@needs_shared
+def test_recipe_smoke(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "HF_DATASETS_CACHE": str(tmp_path / "hf-datasets")}
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "benchmarks/recipe.py", "--smoke", "--out", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = proc.stdout
+    for arm in ("(a) recipe", "(b) port", "(c) fast"):
+        assert re.search(re.escape(arm) + r".*\n    [\d,]+ real tokens, \d+ steps, [\d.]+ s training wall time .*"
+                         r"[\d,]+ real tokens/s, final held-out loss \d+\.\d{4}", text), text
+    fidelity = float(re.search(r"^fidelity=(\d+\.\d+)$", text, re.M)[1])
+    time_ratio = float(re.search(r"^time_ratio=(\d+\.\d+)$", text, re.M)[1])
+    curves = json.loads((out / "curves.json").read_text())
+    a, b, c = (curves["runs"][k] for k in "abc")
+    assert fidelity == pytest.approx(b["loss"] / a["loss"], abs=1e-4)
+    assert time_ratio == pytest.approx(a["seconds"] / c["seconds"], rel=1e-2)
+    for run in (a, b, c):
+        points = run["curve"]
+        assert points[0]["step"] == 0 and points[0]["seconds"] == 0 and points[-1]["step"] == run["steps"]
+        assert all(p["seconds"] <= q["seconds"] and p["tokens"] < q["tokens"] for p, q in zip(points, points[1:]))
+        assert points[-1]["loss"] < points[0]["loss"]  # every arm learns in its few steps
+    assert a["curve"][0]["loss"] == b["curve"][0]["loss"] == c["curve"][0]["loss"]  # the same initial weights
+    assert len(curves["fast_tries"]) == 2 and (out / "curves.png").stat().st_size > 10_000
+    assert (out / "fast.ckpt").is_file()
+    again = subprocess.run([sys.executable, "benchmarks/recipe.py", "--smoke", "--out", str(out)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode != 0 and "is not empty" in again.stderr + again.stdout  # nothing is overwritten

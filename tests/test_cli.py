@@ -16,8 +16,14 @@ def test_help_lists_every_verb_with_one_line(capsys):
     main(["--help"])
     shown = capsys.readouterr().out
     assert shown.startswith("usage: python -m tinystories VERB")
-    for verb in ("fit", "validate", "test", "predict", "tokenizer", "generate", "evaluate", "export"):
+    for verb in ("fit", "validate", "test", "tokenizer", "generate", "evaluate", "export"):
         assert f"  {verb} " in shown and SUMMARY[verb] in shown
+    assert "predict" not in shown
+
+
+def test_predict_says_which_verb_writes_stories():
+    with pytest.raises(SystemExit, match=r"^error: `predict`: stories are written by `python -m tinystories generate "):
+        main(["predict", "--ckpt_path", "last"])
 
 
 @pytest.mark.slow  # a fresh interpreter: ~5 s
@@ -35,7 +41,42 @@ def test_fit_help_names_the_command_users_type(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--help"])
     shown = capsys.readouterr().out
-    assert shown.startswith("usage: python -m tinystories [options] fit") and "--disable_callbacks" in shown
+    assert shown.startswith("usage: python -m tinystories fit [-c CONFIG]") and "--disable_callbacks" in shown
+
+
+def help_of(verb: str, capsys) -> str:
+    with pytest.raises(SystemExit) as done:
+        main([verb, "--help"])
+    assert done.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("verb", ["fit", "validate", "test", "generate", "evaluate", "export", "tokenizer"])
+def test_help_reads_cleanly(verb, capsys):
+    shown = help_of(verb, capsys)
+    flat = " ".join(shown.split())
+    assert shown.startswith(f"usage: python -m tinystories {verb} ") and "[options]" not in shown
+    assert "<class" not in shown and "Union[str, list[str], null]" not in flat and "Path" not in flat.replace(
+        "Path to a configuration file", "")
+    titles = [line for line in shown.splitlines() if line and not line[0].isspace() and line.endswith(":")]
+    assert all(not title.endswith((" the:", " that:", " to:")) for title in titles), titles
+    assert not any(line.strip().startswith("...") for line in shown.splitlines())
+
+
+def test_help_describes_what_this_project_does(capsys):
+    fit = " ".join(help_of("fit", capsys).split())
+    ckpt_path = fit[fit.index("--ckpt_path CKPT_PATH "):fit.index("--weights_only {")]
+    assert "hpc" not in ckpt_path and "registry" not in ckpt_path and "previous ``trainer.fit`` call" not in fit
+    assert "`last`: looked up on disk, in the run named by --run" in fit
+    assert "null (the default) means true here" in fit[fit.index("--weights_only {"):]
+    assert "Null (the default) picks one for the hardware" in fit and "Default: ``'32-true'``" not in fit
+    assert "null: checkpoints/ in the run's folder" in fit and "do not save anything" not in fit
+    assert "Keep the best checkpoints by val/loss" in fit and "--run RUN" in fit
+    evaluate = " ".join(help_of("evaluate", capsys).split())
+    assert evaluate.count("Required unless --compare is given") == 2
+    generate = " ".join(help_of("generate", capsys).split())
+    assert "--prompt PROMPT, --prompt+ PROMPT A story beginning; repeat the option for more prompts. (type: str, " \
+           "repeatable" in generate and "(required, type: str)" in generate
 
 
 def callbacks(tmp_path, tokenizer, *extra) -> list[type]:

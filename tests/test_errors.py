@@ -91,6 +91,8 @@ def folder_with(tmp_path, name: str, content: bytes):
      "--ckpt_path nothing.ckpt: no such file"),
     ("skips in a row 0", lambda t, tok: fit(t, tok, "--nonfinite_loss.max_skips_in_a_row", "0"),
      "nonfinite_loss.max_skips_in_a_row is 0"),
+    ("max_time not DD:HH:MM:SS", lambda t, tok: fit(t, tok, "--trainer.max_time", "30:00"),
+     "--trainer.max_time '30:00': give DD:HH:MM:SS"),
 ])
 def test_bad_input_is_one_line(case, make_args, expected, tmp_path, tiny_tokenizer_dir, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.conftest import SHARED, needs_shared
 from tests.judge_server import KEY, MODEL, JudgeServer, planned
 from tinystories import measures
+from tinystories.atomic import UMASK
 from tinystories.__main__ import main
 from tinystories.judge import parse_grades
 from tinystories.prompts import load_prompts
@@ -131,6 +132,8 @@ def test_without_a_judge_the_judge_free_summary_is_written(ckpt, tmp_path, promp
     assert free["repetition"] == pytest.approx(statistics.fmean(r["repetition"] for r in rows))
     assert summary["checkpoint"]["step"] == 120 and summary["settings"]["num_samples"] == 4
     assert "12 completions, 0 graded, 12 ungraded" in capsys.readouterr().out
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "eval").iterdir()}
+    assert modes == dict.fromkeys(["completions.jsonl", "run.json", "summary.json", "report.html"], 0o666 & ~UMASK)
 
 
 def test_checkpoint_in_a_run_folder_logs_eval_scalars_at_its_step(trained_run, tmp_path, prompts_file):
@@ -201,6 +204,27 @@ def test_bad_input_is_one_line_and_writes_nothing(ckpt, tmp_path, prompts_file, 
     assert "holds the evaluation of another checkpoint" in one_line_error(
         ["evaluate", "--ckpt_path", str(other), "--out_dir", str(tmp_path / "out"), "--prompts", str(prompts_file),
          "--num_samples", "4", "--max_new_tokens", "24"], capsys)
-    assert "holds an evaluation with other settings (num_samples)" in one_line_error(
+    assert (f"holds an evaluation with other settings (--num_samples 4 there, 5 here); to reuse it, run with its "
+            f"settings, or give these settings their own folder, e.g. --out_dir {tmp_path / 'out-num_samples5'} "
+            "(nothing was changed)") in one_line_error(
         [*base, "--prompts", str(prompts_file), "--num_samples", "5", "--max_new_tokens", "24"], capsys)
     assert (tmp_path / "out" / "summary.json").read_text() == before
+
+
+def test_compare_shows_instruct_shares(tmp_path, capsys):
+    """An --instruct evaluation's shares of stories that follow their headers get columns; other evaluations `-`."""
+    means = {c: {"mean": None, "stderr": None, "n": 0} for c in ("grammar", "creativity", "consistency", "plot")}
+    free = {"finished": 0.9, "words": 100.0, "repetition": 0.01, "distinct_1": 0.4, "distinct_2": 0.8,
+            "distinct_3": 0.9, "copied": None}
+    shares = {"all_words": 0.27, "words": 0.626, "random_sentence": 0.0, "dialogue_when_asked": 0.58,
+              "no_dialogue_otherwise": 0.42, "stories": 10, "stories_with_words": 9}
+    for name, extra in (("plain", {}), ("instruct", {"instruct": shares})):
+        (tmp_path / name).mkdir()
+        summary = {"completions": 10, "graded": 0, "means": means, "judge_free": free, **extra}
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    main(["evaluate", "--compare", str(tmp_path / "plain"), str(tmp_path / "instruct")])
+    header, _, plain, instruct, *paper = capsys.readouterr().out.splitlines()
+    assert header.endswith("| all_words | words | random_sentence | dialogue_when_asked | no_dialogue_otherwise |")
+    assert plain.endswith("| 0.9 | 0.01 | 0.8 | - | - | - | - | - | - |")
+    assert instruct.endswith("| 0.27 | 0.626 | 0 | 0.58 | 0.42 |")
+    assert len(paper) == 2 and all(row.count("|") == header.count("|") for row in (plain, instruct, *paper))

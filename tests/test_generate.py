@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -160,3 +161,13 @@ def test_help_lists_every_option_with_its_description():
                           ("--seed", "Random seed"), ("--batch_size", "left-padded"), ("--device", "CUDA"),
                           ("--output", "jsonl")]:
         assert option in text and words in text, option
+
+
+def test_sampling_options_out_of_range_are_one_line(tmp_path):
+    for extra, expected in [(["--temperature", "0"], "--temperature 0.0: must be above 0"),
+                            (["--temperature", "-1"], "--temperature -1.0: must be above 0"),
+                            (["--top_k", "-1"], "--top_k -1: must be 0 (off) or more"),
+                            (["--top_p", "1.5"], "--top_p 1.5: must be above 0 and at most 1"),
+                            (["--top_p", "0"], "--top_p 0.0: must be above 0 and at most 1")]:
+        with pytest.raises(SystemExit, match=f"^error: {re.escape(expected)}"):  # before any checkpoint is read
+            run_verb(["generate", "--ckpt_path", str(tmp_path / "none.ckpt"), "--prompt", "Tom", *extra])

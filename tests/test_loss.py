@@ -81,7 +81,8 @@ def test_chunk_rows_follow_the_vocabulary():
     assert loss.chunk_rows(torch.device("cpu"), 4096) == (256, 512)
     assert loss.chunk_rows(torch.device("cpu"), 32000) == (128, 512)  # at least 128 rows
     assert loss.chunk_rows(torch.device("cpu"), 300) == (3495, 3495)  # a group is at least one chunk
-    assert loss.chunk_rows(torch.device("cuda"), 32000) == (4194, 4194)
+    assert loss.chunk_rows(torch.device("cuda"), 32000) == (4096, 4096)  # a multiple of 256 rows on a GPU
+    assert loss.chunk_rows(torch.device("cuda"), 2**20) == (128, 128)
 
 
 def test_weights_scale_each_targets_loss_and_its_gradient(chunking):
@@ -103,3 +104,41 @@ def test_weights_scale_each_targets_loss_and_its_gradient(chunking):
     ones = grads(lambda h, w, t: linear_cross_entropy(h, w, t, torch.ones(targets.shape)), hidden, weight, targets)
     for a, b in zip(ones, grads(linear_cross_entropy, hidden, weight, targets)):
         torch.testing.assert_close(a, b)
+
+
+def test_compiled_chunks_run_on_cuda_with_triton_only(monkeypatch):
+    assert not loss.compiled_chunks(torch.device("cpu"))
+    monkeypatch.setattr(loss, "_has_triton", lambda: True)
+    assert loss.compiled_chunks(torch.device("cuda")) and not loss.compiled_chunks(torch.device("cpu"))
+    monkeypatch.setattr(loss, "_has_triton", lambda: False)
+    assert not loss.compiled_chunks(torch.device("cuda"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("tinystories.model").model.cpp_compiler(), reason="torch.compile on a CPU needs g++")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_chunks_equal_the_plain_head(monkeypatch, dtype):
+    """The GPU path (fixed-shape compiled chunks, the last one padded), run on the CPU, against the plain head."""
+    monkeypatch.setattr(loss, "compiled_chunks", lambda device: True)
+    monkeypatch.setitem(loss.CHUNK_ELEMENTS, "cpu", 4000)  # 300-class rows: 13 rows a chunk, 135 rows end ragged
+    monkeypatch.setitem(loss.MIN_ROWS, "cpu", 1)
+    hidden, weight, targets = inputs(vocab=300, d=64)
+    weights = torch.rand(targets.shape) * 3
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        got = grads(lambda h, w, t: linear_cross_entropy(h, w, t, weights), hidden, weight, targets)
+        with torch.no_grad():
+            no_grad = linear_cross_entropy(hidden, weight, targets, weights)
+        monkeypatch.setattr(loss, "compiled_chunks", lambda device: False)
+        expected = grads(lambda h, w, t: linear_cross_entropy(h, w, t, weights), hidden, weight, targets)
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(no_grad, expected[0], rtol=1e-5, atol=1e-3)
+    if dtype == torch.float32:
+        for a, b in zip(got[1:], expected[1:]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    else:  # bf16 products: the compiled chunk rounds (softmax - one-hot), the eager one softmax, then subtracts
+        exact = grads(lambda h, w, t: (F.cross_entropy(F.linear(h, w).flatten(0, -2), t.flatten(), reduction="none")
+                                       * weights.flatten().double()).sum(),
+                      hidden.bfloat16().double().detach().requires_grad_(),
+                      weight.bfloat16().double().detach().requires_grad_(), targets)
+        for a, b, x in zip(got[1:], expected[1:], exact[1:]):
+            assert (a.double() - x).abs().max() <= 1.5 * (b.double() - x).abs().max() + 1e-4

@@ -1,7 +1,7 @@
 """`python -m tinystories VERB ...`: Lightning's verbs go to LightningCLI, the project's own verbs to jsonargparse.
 
     python -m tinystories                     # the verbs, one line each
-    python -m tinystories fit --config configs/demo.yaml
+    python -m tinystories fit --config configs/demo.yaml --run demo
     python -m tinystories generate --ckpt_path last.ckpt --prompt "Once upon a time" --prompt "Tom and Sam"
 
 Every `UserError` (and a full disk) ends here as one line, `error: ...`, and exit status 1.
@@ -16,18 +16,18 @@ from jsonargparse import ArgumentError, auto_cli
 from tinystories import evaluate, export, generate, tokenizer
 from tinystories.cli import LIGHTNING_VERBS, PROG
 from tinystories.errors import UserError, one_line
+from tinystories.help import HelpFormatter
 
 # LightningCLI has no blessed way to add subcommands (Lightning issue #12438), so extra verbs are dispatched first.
 VERBS = {"tokenizer": tokenizer.main, "generate": generate.main, "evaluate": evaluate.main, "export": export.main}
 SUMMARY = {
-    "fit": "train a model (or resume one with --ckpt_path) from a YAML config: --config configs/demo.yaml",
+    "fit": "train a model (or resume one with --ckpt_path) from a YAML config: --config configs/demo.yaml --run demo",
     "validate": "score a checkpoint on the validation split: val/loss, val/ppl, val/bpb",
-    "test": "Lightning's test loop (the data module has no test split: use validate)",
-    "predict": "Lightning's predict loop (use generate to write stories)",
+    "test": "score a checkpoint on data.test_split (default: the validation split): test/loss, test/ppl, test/bpb",
     "tokenizer": "train a byte-level BPE tokenizer on a data source",
     "generate": "write stories from a checkpoint or an exported folder",
     "evaluate": "complete the TinyStories paper's 44 story beginnings, grade them (LLM judge optional), report",
-    "export": "write a checkpoint as a Hugging Face model folder with a model card; optionally upload it",
+    "export": "write a checkpoint as a Hugging Face model folder with a model card; upload it, or one exported before",
 }
 
 # jsonargparse keeps the last of a repeated option (lists grow with `--name+=VALUE`); these may be repeated.
@@ -92,13 +92,17 @@ def run(args: list[str], given: Optional[list[str]]) -> None:
     verb = args[0]
     if verb in VERBS:
         try:
-            auto_cli({verb: VERBS[verb]}, args=append_repeats(args), prog=PROG, exit_on_error=False)
+            auto_cli(VERBS[verb], args=append_repeats(args[1:]), prog=f"{PROG} {verb}", exit_on_error=False,
+                     formatter_class=HelpFormatter)
         except ArgumentError as err:  # jsonargparse would print the whole usage before it
             raise UserError(f"{one_line(err)}; `{PROG} {verb} --help` lists the options") from None
     elif verb in LIGHTNING_VERBS or verb.startswith("-"):
         from tinystories.cli import cli_main
 
         cli_main(given)  # None: LightningCLI reads sys.argv itself
+    elif verb == "predict":
+        raise UserError(f"`predict`: stories are written by `{PROG} generate --ckpt_path CKPT --prompt TEXT` "
+                        "(`--output FILE.jsonl` keeps them)")
     else:
         raise UserError(f"unknown verb {verb!r}; it must be one of {', '.join(SUMMARY)} (`{PROG} --help`)")
 

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import torch
-from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
+from tinystories import gpu
 from tinystories.errors import LossDiverged, UserError
 from tinystories.generate import sample_stories
 from tinystories.measures import repetition
@@ -82,10 +82,21 @@ class SampleStories(Callback):
 
 
 class StepProgressBar(TQDMProgressBar):
-    """Lightning's tqdm bar, with the optimizer step beside the loss (`step=120/2000` when `max_steps` is set)."""
+    """Lightning's tqdm bar, with the optimizer step beside the loss (`step=120/2000` when `max_steps` is set).
+
+    Lightning turns the logged values into numbers for the bar with `.item()`: on a GPU a host sync, which stalls
+    the kernels queued ahead. While training they are read every `trainer.log_every_n_steps` steps, when the loggers
+    read them anyway; the bar and its step count move every step.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.shown: dict = {}
 
     def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict:
-        metrics = super().get_metrics(trainer, pl_module)
+        if not (trainer.training and self.shown and trainer.global_step % trainer.log_every_n_steps):
+            self.shown = super().get_metrics(trainer, pl_module)
+        metrics = dict(self.shown)
         metrics["step"] = f"{trainer.global_step}/{trainer.max_steps}" if trainer.max_steps > 0 else trainer.global_step
         return metrics
 
@@ -152,15 +163,17 @@ class Throughput(Callback):
 
     Counts accumulate on the device and are read once per `trainer.log_every_n_steps`, so there is no per-step host
     synchronisation; rates are averages over that window, summed over DDP ranks. FLOPs per token follow the PaLM
-    appendix: 6 x (parameters outside the input embedding) + 6 x layers x hidden x context (attention).
+    paper's appendix B: 6N + 12LHT (`flops_per_token`). The peak is the card's dense one (`gpu.DENSE_PEAKS`), else
+    Lightning's table.
     """
 
     def __init__(self, peak_flops: Optional[float] = None):
         """Throughput logging.
 
         Args:
-            peak_flops: The device's peak FLOP/s at the training precision, per device; null asks Lightning's table
-                (CUDA GPUs it knows). MFU is logged only when one is known.
+            peak_flops: The device's peak FLOP/s at the training precision, per device; null looks the GPU up: its
+                dense peak (H200, H100, A100, L4, A10, T4, RTX 4090, ...), else Lightning's table. MFU is logged
+                only when one is known.
         """
         self.peak_flops = peak_flops
         self.tokens: Optional[torch.Tensor] = None
@@ -170,9 +183,8 @@ class Throughput(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.tokens = torch.zeros((), dtype=torch.long, device=pl_module.device)
         self.samples, self.start = 0, time.perf_counter()
-        if self.peak_flops is None and pl_module.device.type == "cuda":
-            self.peak_flops = get_available_flops(pl_module.device, torch.bfloat16 if "bf16" in str(
-                trainer.precision) else torch.float16 if "16" in str(trainer.precision) else torch.float32)
+        if self.peak_flops is None:
+            self.peak_flops = gpu.peak_flops(pl_module.device, trainer.precision)[0]
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.validation_start = time.perf_counter()
@@ -200,9 +212,16 @@ class Throughput(Callback):
 
 
 def flops_per_token(pl_module: LightningModule, context: int) -> float:
+    """Training FLOPs per token, forward and backward, as the PaLM paper's appendix B counts them: 6N + 12LHT.
+
+    N: parameters outside the input embedding (a lookup, no matmul; the output head counts). L layers, H the
+    attention width (heads x head dimension, the hidden size here), T the context: per layer, Q.K^T and scores.V each
+    take 2HT FLOPs per token forward, twice that backward: 12HT. Causal masking is not subtracted, as PaLM does not.
+    """
     config = pl_module.model.config
     params = sum(p.numel() for n, p in pl_module.model.named_parameters() if "embed_tokens" not in n)
-    return 6 * params + 6 * config.num_hidden_layers * config.hidden_size * context
+    width = config.num_attention_heads * config.head_dim
+    return 6 * params + 12 * config.num_hidden_layers * width * context
 
 
 class StopOnNonFiniteLoss(Callback):
@@ -212,9 +231,8 @@ class StopOnNonFiniteLoss(Callback):
     host synchronisation, and checks it when the loss is logged, before every validation and before any checkpoint
     is written: `last.ckpt` stays the last good one. `skip` decides before each optimizer step whether any rank's
     loss was bad; a bad step's gradients are dropped (`zero_grad(set_to_none=True)`), so the optimizer leaves the
-    weights and its state (moments, step count) as they were. Deciding needs one host sync per step, which the
-    default progress bar already makes each step to show the loss; the skip count is logged as
-    `train/skipped_batches`. Configured under `nonfinite_loss:` in the YAML.
+    weights and its state (moments, step count) as they were. Deciding needs one host sync per step; the skip count
+    is logged as `train/skipped_batches`. Configured under `nonfinite_loss:` in the YAML.
     """
 
     def __init__(self, action: Literal["stop", "skip"] = "stop", max_skips_in_a_row: int = 10):
@@ -255,7 +273,8 @@ class StopOnNonFiniteLoss(Callback):
             raise LossDiverged(f"the training loss was NaN or infinite for {self.in_a_row} batches in a row (steps "
                                f"{step - self.in_a_row + 1} to {step}, nonfinite_loss.max_skips_in_a_row); the "
                                f"weights are those of step {step - self.in_a_row}. Last checkpoint: "
-                               f"{self.last_checkpoint(trainer)}. Check the data, or lower model.learning_rate")
+                               f"{self.last_checkpoint(trainer)}. Check the data, or lower "
+                               "model.optimization.learning_rate")
         if trainer.is_global_zero:
             print(f"step {step}: training loss NaN or infinite; batch skipped, weights and optimizer state unchanged "
                   f"({self.skipped} skipped so far)")
@@ -292,8 +311,8 @@ class StopOnNonFiniteLoss(Callback):
         step = int(trainer.strategy.reduce(self.first_bad.float(), reduce_op="max"))
         if step >= 0:
             raise LossDiverged(f"the training loss became NaN or infinite at step {step}; stopped before saving. "
-                               f"Last good checkpoint: {self.last_checkpoint(trainer)}. Lower model.learning_rate, "
-                               "resume from it, or set nonfinite_loss.action: skip")
+                               f"Last good checkpoint: {self.last_checkpoint(trainer)}. Lower "
+                               "model.optimization.learning_rate, resume from it, or set nonfinite_loss.action: skip")
 
 
 class PeriodicCheckpoint(ModelCheckpoint):

@@ -11,7 +11,6 @@ and reads only the pickled metadata, which is milliseconds even for a checkpoint
 """
 
 import json
-import os
 import tempfile
 import zipfile
 from dataclasses import dataclass, fields
@@ -22,6 +21,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from tinystories.atomic import atomic_write
 from tinystories.errors import UserError, one_line
 from tinystories.model import Architecture, build_llama, mlp_size
 from tinystories.tokenizer import load_tokenizer
@@ -86,7 +86,7 @@ def same_architecture(path: Path, saved: dict, expected: dict, option: str = "--
     differ = [f"{k} {saved[k]} (config: {expected[k]})" for k in SHAPE
               if k in saved and k in expected and saved[k] != expected[k]]
     if differ:
-        advice = advice or ("resume with the run's own config (--config lightning_logs/version_N/config.yaml) and "
+        advice = advice or ("resume with the run's own config (--config lightning_logs/RUN/config.yaml) and "
                             "tokenizer, or start a new run without --ckpt_path")
         raise UserError(f"{option} {path}: was trained with {', '.join(differ)}; {advice}")
 
@@ -175,13 +175,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path, "wb", fsync=True) as f:
+            torch.save(checkpoint, f)

@@ -3,6 +3,7 @@
     checks.writable("--trainer.default_root_dir", root)   # before training writes anything
     given = checks.after_parse(config)                      # a bad --ckpt_path fails here, before Lightning reads it
     checks.before_fit(cli, config)                          # folders writable, the checkpoint fits the model
+    checks.new_run(trainer, "base", resuming=False)         # a run name already used is refused
     checks.option_error(message, parser)                    # jsonargparse's usage dump -> one line
 """
 
@@ -45,8 +46,15 @@ def after_parse(config) -> dict:
         if not Path(ckpt_path).is_file():
             raise UserError(f"--ckpt_path {ckpt_path}: no such file; give a .ckpt written by fit, or `last`")
         checkpoint.hparams(Path(ckpt_path))
+    max_time(config.get("trainer", {}).get("max_time"))
     model = config.get("model")
     return model.as_dict() if hasattr(model, "as_dict") else dict(model or {})
+
+
+def max_time(value) -> None:
+    """`trainer.max_time` as Lightning's `Timer` parses a string: `DD:HH:MM:SS`, four whole numbers."""
+    if isinstance(value, str) and not re.fullmatch(r"\d+:\d+:\d+:\d+", value.strip()):
+        raise UserError(f"--trainer.max_time {value!r}: give DD:HH:MM:SS, four numbers (00:01:30:00 is 90 minutes)")
 
 
 def before_fit(cli, config: dict) -> None:
@@ -76,6 +84,26 @@ def before_fit(cli, config: dict) -> None:
         same_as_init(cli)
     if config.get("weights_only") is None:
         config["weights_only"] = True  # Lightning would unpickle anything from an http(s) checkpoint by default
+
+
+def new_run(trainer, run: Optional[str], resuming: bool) -> None:
+    """A `fit` that does not resume writes into a folder no run has used; a used one stops here, not at Lightning's
+    traceback when it finds the old config.yaml. Rank zero checks, before it starts the other processes.
+
+    Args:
+        trainer: The built trainer; its `log_dir` is the run's folder.
+        run: `--run`, for the message.
+        resuming: Whether `--ckpt_path` is given (a resumed run goes on in its own folder).
+    """
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    if resuming or rank_zero_only.rank != 0:
+        return
+    folder = Path(trainer.log_dir)
+    if (folder / "config.yaml").is_file() or (folder / "checkpoints").is_dir():
+        where = f"--run {run}" if run else "--trainer.default_root_dir"
+        raise UserError(f"{where}: {folder} holds a run already; resume it with --ckpt_path last, or give another "
+                        f"{'run name' if run else 'folder'} (nothing was written)")
 
 
 def init_from(path: str) -> None:

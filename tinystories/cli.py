@@ -1,15 +1,18 @@
-"""The LightningCLI for `fit`, `validate`, `test` and `predict`.
+"""The LightningCLI for `fit`, `validate` and `test`.
 
-    python -m tinystories fit --config configs/tinystories-20m.yaml
-    python -m tinystories fit --config lightning_logs/version_3/config.yaml --ckpt_path last   # resume
-    cli_main(["fit", "--config", "configs/demo.yaml", "--trainer.max_steps", "10"])            # from tests
+    python -m tinystories fit --config configs/tinystories-20m.yaml --run base     # writes lightning_logs/base/
+    python -m tinystories fit --config lightning_logs/base/config.yaml --ckpt_path last   # resume it, same folder
+    python -m tinystories validate --config lightning_logs/base/config.yaml --ckpt_path last
+    cli_main(["fit", "--config", "configs/demo.yaml", "--trainer.max_steps", "10"])        # from tests
 
-What it adds to LightningCLI: the model's vocab size and special-token ids linked from the data module's tokenizer;
-default callbacks, each of which `disable_callbacks` turns off; atomic checkpoint writes; `trainer.precision: null`
-picked for the hardware; `--ckpt_path last` found on disk; errors as one line.
+What it adds to LightningCLI: named runs (`--run NAME`: the folder `lightning_logs/NAME`, refused when used unless
+resumed); the model's vocab size and special-token ids linked from the data module's tokenizer; default callbacks,
+each of which `disable_callbacks` turns off; atomic checkpoint writes; `trainer.precision: null` picked for the
+hardware; `--ckpt_path last` found on disk; help texts that describe this project; errors as one line.
 """
 
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -18,20 +21,24 @@ from typing import Optional
 import torch
 from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-from tinystories import checks
+from tinystories import checks, gpu
 from tinystories.callbacks import (PeriodicCheckpoint, ReuseFreedMemory, SampleStories, StepProgressBar,
                                    StopOnNonFiniteLoss, Throughput, ValidateAtEnd)
 from tinystories.checkpoint import AtomicCheckpointIO
 from tinystories.data import TinyStoriesData
 from tinystories.errors import UserError
+from tinystories.help import HelpFormatter, rewrite
 from tinystories.model import TinyStoriesLM
 
 PROG = "python -m tinystories"
-LIGHTNING_VERBS = ("fit", "validate", "test", "predict")
+# Lightning's `predict` is left out: stories come from `generate`, which batches prompts and writes them.
+LIGHTNING_VERBS = ("fit", "validate", "test")
+LOGS = "lightning_logs"  # the default logger's folder under trainer.default_root_dir
+RUN_NAME = re.compile(r"[A-Za-z0-9][\w.-]*")
 # bf16-mixed where a CPU has bf16 matrix units (AMX): 1.7x faster training steps there (docs/performance.md).
 CPU_BF16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 # Callbacks added without a group of options; with the groups below, what `disable_callbacks` can name.
@@ -46,13 +53,73 @@ warnings.filterwarnings("ignore", message="You're resuming from a checkpoint tha
 
 
 def default_precision(accelerator: str) -> str:
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    """`trainer.precision: null`: bf16-mixed on GPUs with native bf16 (sm80+), 16-mixed on older ones (T4, V100), else
+    bf16-mixed on CPUs with bf16 units, 32-true elsewhere. The GPU's capability comes from NVML (`gpu.capability`),
+    so this process does not start CUDA and Lightning's `ddp_fork` children (notebooks, several GPUs) still can."""
+    if accelerator in ("auto", "gpu", "cuda") and (cap := gpu.capability()) is not None:
+        return gpu.precision_for(cap)
     return "bf16-mixed" if CPU_BF16 else "32-true"
 
 
+class SaveRunConfig(SaveConfigCallback):
+    """The resolved `config.yaml` in the run's folder. A resumed `fit` replaces it (`before_fit` sets `overwrite`);
+    `validate` and `test` leave a folder's config as it is, and write one only where there is none."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit" and not self.already_saved and self.save_to_log_dir:
+            path = Path(trainer.log_dir) / self.config_filename
+            if trainer.strategy.broadcast(path.is_file() if trainer.is_global_zero else False):
+                self.already_saved = True  # the config of the run being scored stays
+        super().setup(trainer, pl_module, stage)
+
+
+def last_checkpoint(config, logs: Path) -> Path:
+    """`--ckpt_path last`: last.ckpt of the run named by `--run` (or in `checkpoint.dirpath`), else beside the
+    `--config` file (a run's saved config.yaml), else the newest under `logs` (the logger's folder).
+
+    Args:
+        config: The verb's parsed options.
+        logs: The folder runs are written in: `lightning_logs/` under trainer.default_root_dir, or that folder
+            itself without a logger.
+    """
+    dirpath = (config.get("checkpoint") or {}).get("dirpath")
+    if dirpath or config.get("run"):
+        where = Path(dirpath) if dirpath else logs / config["run"] / "checkpoints"
+        if (where / "last.ckpt").is_file():
+            return where / "last.ckpt"
+        named = f"--checkpoint.dirpath {dirpath}" if dirpath else f"--run {config['run']}"
+        raise UserError(f"--ckpt_path last: {named} has no {where / 'last.ckpt'}; train that run first (fit "
+                        f"{named}) or give a checkpoint path")
+    for config_path in config.get("config") or []:
+        candidate = Path(str(config_path)).parent / "checkpoints" / "last.ckpt"
+        if candidate.is_file():
+            return candidate
+    found = sorted([*logs.glob("*/checkpoints/last.ckpt"), *logs.glob("checkpoints/last.ckpt")],
+                   key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UserError(f"--ckpt_path last: no last.ckpt beside the config nor under {logs}/; train first or give "
+                        "a checkpoint path")
+    return found[-1]
+
+
+def logs_folder(config) -> Path:
+    """Where the default logger writes runs (`lightning_logs/` under trainer.default_root_dir), or without a logger
+    the root folder itself."""
+    root = Path(config.trainer.get("default_root_dir") or os.getcwd())
+    return root if config.trainer.get("logger") is False else root / LOGS
+
+
 class TinyStoriesCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {verb: skip for verb, skip in LightningCLI.subcommands().items() if verb in LIGHTNING_VERBS}
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--run", type=Optional[str], default=None,
+                            help="Name of the run: its folder is lightning_logs/RUN under trainer.default_root_dir, "
+                                 "holding config.yaml, the TensorBoard events and checkpoints/. fit refuses a name "
+                                 "already used unless it resumes that run (--ckpt_path last); validate and test log "
+                                 "into the named run's folder. Null numbers the folder (version_N).")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/loss",
@@ -79,7 +146,15 @@ class TinyStoriesCLI(LightningCLI):
 
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         # Errors come to parse_arguments, not a usage dump; the usage names the command users type.
-        return super().init_parser(exit_on_error=False, prog=PROG, **kwargs)
+        return super().init_parser(exit_on_error=False, prog=PROG, formatter_class=HelpFormatter, **kwargs)
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        for verb, parser in getattr(self, "_subcommand_parsers", {}).items():
+            parser.prog = f"{PROG} {verb}"  # not jsonargparse's "[options] fit": there are no options before a verb
+            rewrite(parser, verb)
+        if not add_subcommands:
+            rewrite(self.parser, "fit")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         try:
@@ -87,6 +162,15 @@ class TinyStoriesCLI(LightningCLI):
         except ArgumentError as err:
             given = args if args is not None else sys.argv[1:]
             raise UserError(checks.option_error(str(err), parser, given)) from None
+        verb = self.config.get("subcommand")
+        config = self.config[verb] if verb else self.config
+        if config.get("run") is not None and not RUN_NAME.fullmatch(config.run):
+            raise UserError(f"--run {config.run!r}: a run name is letters, digits, '.', '_' and '-', starting with a "
+                            "letter or digit (it names the folder lightning_logs/RUN)")
+        if verb in ("validate", "test") and config.get("ckpt_path") == "last":
+            # Here, before Lightning reads the checkpoint's model options; fit finds it once its logger is built.
+            config.ckpt_path = str(last_checkpoint(config, logs_folder(config)))
+            print(f"Scoring {config.ckpt_path}")
         # Before Lightning reads --ckpt_path (a bad file is a traceback there) and replaces the model options with
         # its hyperparameters: before_fit compares the two.
         self.given_model = checks.after_parse(self.config)
@@ -99,6 +183,8 @@ class TinyStoriesCLI(LightningCLI):
             checks.init_from(config.model.init_from)
             if config.data.tokenizer is None:  # fine-tuning keeps the pretrained model's tokenizer
                 config.data.tokenizer = str(config.model.init_from)
+        if self.subcommand in ("validate", "test") and config.get("ckpt_path") and config.data.tokenizer is None:
+            config.data.tokenizer = str(config.ckpt_path)  # a checkpoint is scored with the tokenizer it carries
         known = {*self._parser(self.subcommand).callback_keys, *PLAIN_CALLBACKS}
         unknown = [name for name in config.get("disable_callbacks") or [] if name not in known]
         if unknown:
@@ -118,10 +204,15 @@ class TinyStoriesCLI(LightningCLI):
                 callbacks.insert(0, callback())
         if not trainer_config.get("plugins"):
             trainer_config["plugins"] = [AtomicCheckpointIO()]
+        run = self._get(self.config_init, "run")
+        if run is not None and trainer_config.get("logger") not in (None, True):
+            raise UserError(f"--run {run} names the default logger's folder; with --trainer.logger "
+                            f"{'false' if trainer_config.get('logger') is False else 'set'}, leave --run out "
+                            "(without a logger the run's folder is trainer.default_root_dir)")
         if trainer_config.get("logger") in (None, True):
             # Lightning's default logger, without the placeholder `hp_metric = -1` it writes for the hparams tab.
             root = trainer_config.get("default_root_dir") or os.getcwd()
-            trainer_config["logger"] = TensorBoardLogger(root, name="lightning_logs", version=SLURMEnvironment.job_id(),
+            trainer_config["logger"] = TensorBoardLogger(root, name=LOGS, version=run or SLURMEnvironment.job_id(),
                                                          default_hp_metric=False)
         if trainer_config.get("enable_checkpointing") is False:  # Lightning refuses checkpoint callbacks then
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
@@ -132,22 +223,23 @@ class TinyStoriesCLI(LightningCLI):
     def before_fit(self) -> None:
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") == "last":
-            config["ckpt_path"] = str(self.find_last_checkpoint())
+            logs = Path(self.trainer.logger.root_dir) if self.trainer.logger else Path(self.trainer.default_root_dir)
+            config["ckpt_path"] = str(last_checkpoint(self.config[self.subcommand], logs))
             print(f"Resuming from {config['ckpt_path']}")
         checks.before_fit(self, config)
+        checks.new_run(self.trainer, config.get("run"), resuming=bool(config.get("ckpt_path")))
+        if config.get("ckpt_path"):  # a resumed run goes on in its folder, beside its checkpoints
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            for callback in self.trainer.callbacks:
+                if isinstance(callback, SaveConfigCallback):
+                    callback.overwrite = True  # its config.yaml is replaced by the one it goes on with
 
-    def find_last_checkpoint(self) -> Path:
-        """`last.ckpt` beside the `--config` file (a run's saved config.yaml), else the newest under the logs."""
-        for config_path in self.config[self.subcommand].get("config") or []:
-            candidate = Path(str(config_path)).parent / "checkpoints" / "last.ckpt"
-            if candidate.is_file():
-                return candidate
-        root = Path(self.trainer.logger.root_dir) if self.trainer.logger else Path(self.trainer.default_root_dir)
-        found = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise UserError(f"--ckpt_path last: no last.ckpt beside the config nor under {root}/; train first or give "
-                            "a checkpoint path")
-        return found[-1]
+    def before_validate(self) -> None:
+        config = self.config_init[self.subcommand]
+        if config.get("weights_only") is None:
+            config["weights_only"] = True  # as for fit: nothing in a checkpoint is executed
+
+    before_test = before_validate
 
 
 def cli_main(args: Optional[list[str]] = None, run: bool = True) -> TinyStoriesCLI:
@@ -156,4 +248,4 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True) -> TinyStoriesC
         args = args[1:] if args and args[0] in LIGHTNING_VERBS else args
     # The optimizer and schedule are `model.optimization`'s: LightningCLI's own `--optimizer` would bypass them.
     return TinyStoriesCLI(TinyStoriesLM, TinyStoriesData, seed_everything_default=3407, run=run, args=args,
-                          auto_configure_optimizers=False)
+                          auto_configure_optimizers=False, save_config_callback=SaveRunConfig)

@@ -67,6 +67,7 @@ class TinyStoriesData(LightningDataModule):
         instruct: Optional[Literal["records", "derive"]] = None,
         loss_on: Literal["all", "story"] = "all",
         word_weight: float = 1.0,
+        test_split: Optional[str] = None,
     ):
         """Where stories come from and how they are batched.
 
@@ -103,6 +104,8 @@ class TinyStoriesData(LightningDataModule):
             word_weight: With `instruct`: the training loss's weight on the token where the story first uses each
                 word of its header's `Words` (1 weighs it like any token). Above 1 it stresses the instruction that
                 is hardest to learn from a few records. `val/loss` and `val/bpb` stay unweighted.
+            test_split: The split `python -m tinystories test` scores (test/loss, test/ppl, test/bpb), scored as
+                validation is; null: val_split. A local folder's `test.*` file is split `test`.
         """
         super().__init__()
         if batch_size < 1:
@@ -181,7 +184,7 @@ class TinyStoriesData(LightningDataModule):
         return self.hparams.packing and split == self.hparams.train_split
 
     def prepare_data(self) -> None:
-        for split in (self.hparams.train_split, self.hparams.val_split):
+        for split in self.split_names():
             path = self.cache_path(split)
             if not path.is_dir():
                 self.tokenize_split(split, path)
@@ -213,8 +216,12 @@ class TinyStoriesData(LightningDataModule):
             ids.save_to_disk(str(tmp))
             tmp.rename(path)  # atomic: a crash mid-write leaves no half cache behind
 
+    def split_names(self) -> list[str]:
+        names = [self.hparams.train_split, self.hparams.val_split]
+        return names + [self.hparams.test_split] if self.hparams.get("test_split") else names
+
     def setup(self, stage: str) -> None:
-        for split in (self.hparams.train_split, self.hparams.val_split):
+        for split in self.split_names():
             if split not in self.splits:
                 self.splits[split] = datasets.load_from_disk(str(self.cache_path(split))).with_format("numpy")
 
@@ -231,8 +238,11 @@ class TinyStoriesData(LightningDataModule):
             self.sampler_state = None
         return self.loader(ds, shuffle=False, sampler=self.train_sampler)  # the sampler shuffles
 
-    def val_dataloader(self) -> DataLoader:
-        ds = self.splits[self.hparams.val_split]
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader(self.hparams.get("test_split") or self.hparams.val_split)
+
+    def val_dataloader(self, split: Optional[str] = None) -> DataLoader:
+        ds = self.splits[split or self.hparams.val_split]
         # Longest stories first, so batches of similar length carry few pads (on TinyStories at batch 8: 0.5% of the
         # tokens against 37% in file order) and the largest batch comes first. The sums are the same in any order.
         ds = ds.select(np.argsort(-story_lengths(ds), kind="stable"))
@@ -243,7 +253,8 @@ class TinyStoriesData(LightningDataModule):
         # the world size with repeated stories, counted twice in val/loss and val/bpb. Ranks may then run one batch
         # fewer, which is safe: validation has no per-batch collectives (DDP syncs buffers on the first forward only).
         if len(ds) < shards["num_replicas"]:
-            raise UserError(f"data.val_split has {len(ds)} stories, fewer than the {shards['num_replicas']} processes")
+            raise UserError(f"data split {split or self.hparams.val_split} has {len(ds)} stories, fewer than the "
+                            f"{shards['num_replicas']} processes")
         return DataLoader(ds, batch_size=self.hparams.batch_size, collate_fn=self.collate,
                           sampler=UnrepeatedDistributedSampler(ds, shuffle=False, **shards),
                           num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
@@ -251,6 +262,7 @@ class TinyStoriesData(LightningDataModule):
     def loader(self, ds: datasets.Dataset, shuffle: bool, sampler: Optional[ResumableSampler] = None) -> DataLoader:
         return DataLoader(ds, batch_size=self.hparams.batch_size, shuffle=shuffle, sampler=sampler,
                           collate_fn=self.collate,
+                          pin_memory=self.trainer is not None and self.trainer.strategy.root_device.type == "cuda",
                           num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
 
     def collate(self, samples: list[dict]) -> dict[str, torch.Tensor]:
@@ -351,7 +363,8 @@ def token_at(offsets: list[tuple[int, int]], char: int) -> int:
 
 
 def collate(samples: list[dict], pad_token_id: int, word_weight: float = 1.0) -> dict[str, torch.Tensor]:
-    """Left-pad to the longest sample: mask 0 and labels -100 on pads, positions counting from the first token.
+    """Left-pad to the longest sample: mask 0 and labels -100 on pads, positions counting from the first token;
+    `padded` (a Python bool, known without looking at a tensor) says whether any row has a pad.
 
     With a `word_weight` other than 1, `loss_weights` holds it on each token in `word_uses` (1 elsewhere).
     """
@@ -370,7 +383,8 @@ def collate(samples: list[dict], pad_token_id: int, word_weight: float = 1.0) ->
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     num_bytes = torch.tensor([int(s["num_bytes"]) for s in samples], dtype=torch.long)
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
-             "labels": labels, "num_bytes": num_bytes}
+             "labels": labels, "num_bytes": num_bytes,
+             "padded": any(len(s["input_ids"]) < longest for s in samples)}
     if word_weight != 1 and "word_uses" in samples[0]:
         weights = torch.ones(input_ids.shape, dtype=torch.float32)
         for row, s in enumerate(samples):

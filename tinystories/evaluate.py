@@ -8,7 +8,7 @@
 `out_dir` gets `completions.jsonl` (a line per completion, with its grades and measures), `summary.json` (means,
 counts, settings, the checkpoint) and `report.html`; `judge/` keeps every judge reply, so an interrupted run goes on
 where it stopped and a finished one re-runs without a request. When the checkpoint lies in a run's folder
-(`lightning_logs/version_N/checkpoints/`), the summary also goes to that run's TensorBoard events as `eval/*` at the
+(`lightning_logs/RUN/checkpoints/`), the summary also goes to that run's TensorBoard events as `eval/*` at the
 checkpoint's step.
 """
 
@@ -30,6 +30,8 @@ from tinystories.prompts import load_prompts
 # Fig. 4 of Eldan & Li (2023): GPT-4's grades of two of the paper's models on these 44 prompts.
 PAPER = {"hidden 256, 8 layers": {"grammar": 7.72, "creativity": 6.54, "consistency": 8.02, "plot": 7.23},
          "hidden 64, 12 layers": {"grammar": 6.19, "creativity": 4.84, "consistency": 4.75, "plot": 4.39}}
+# The shares of summary.json's `instruct` that --compare shows (instruct.follow_rates).
+INSTRUCT_SHARES = ("all_words", "words", "random_sentence", "dialogue_when_asked", "no_dialogue_otherwise")
 DEFINITIONS = {
     "finished": "share of completions that ended at EOS rather than at max_new_tokens",
     "words": "mean length of a completion in words (runs of letters, digits and apostrophes)",
@@ -64,10 +66,19 @@ def check_out_dir(out_dir: Path, run: dict) -> Optional[dict]:
         raise UserError(f"--out_dir {out_dir}: holds the evaluation of another checkpoint "
                         f"({held.get('checkpoint', {}).get('path')}); give a new --out_dir (nothing was changed)")
     if held.get("settings") != run["settings"]:
-        differ = sorted(k for k in run["settings"] if held.get("settings", {}).get(k) != run["settings"][k])
-        raise UserError(f"--out_dir {out_dir}: holds an evaluation with other settings ({', '.join(differ)}); give a "
-                        "new --out_dir or the same settings (nothing was changed)")
+        there = held.get("settings", {})
+        differ = sorted(k for k in {*run["settings"], *there} if there.get(k) != run["settings"].get(k))
+        shown = "; ".join(f"--{k} {there.get(k)} there, {run['settings'].get(k)} here" for k in differ)
+        raise UserError(f"--out_dir {out_dir}: holds an evaluation with other settings ({shown}); to reuse it, run "
+                        f"with its settings, or give these settings their own folder, e.g. --out_dir "
+                        f"{sibling(out_dir, differ, run['settings'])} (nothing was changed)")
     return held
+
+
+def sibling(out_dir: Path, differ: list[str], settings: dict) -> Path:
+    """A folder name beside `out_dir` for other settings: `eval/demo` -> `eval/demo-batch_size64`."""
+    parts = [f"{k}{settings[k]}" for k in differ if isinstance(settings.get(k), (int, float)) and k != "num_prompts"]
+    return out_dir.with_name(f"{out_dir.name}-{'-'.join(parts) if parts else 'new'}")
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -164,7 +175,7 @@ def summarize(rows: list[dict], run: dict, judge: Optional[Judge]) -> dict:
 
 
 def run_folder(ckpt_path: Path) -> Optional[Path]:
-    """The `lightning_logs/version_N` folder a checkpoint was written in, if it is one."""
+    """The `lightning_logs/RUN` folder a checkpoint was written in, if it is one."""
     folder = ckpt_path.resolve().parent.parent
     if ckpt_path.is_file() and ckpt_path.parent.name == "checkpoints" and any(folder.glob("events.out.tfevents.*")):
         return folder
@@ -186,19 +197,26 @@ def log_to_tensorboard(folder: Path, step: int, summary: dict) -> None:
 
 
 def compare_table(folders: list[Path]) -> str:
-    """A markdown table of several evaluations' summaries, side by side with the paper's rows."""
-    columns = [*CATEGORIES, "graded", "finished", "repetition", "distinct_2", "copied"]
-    lines = ["| evaluation | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    """A markdown table of several evaluations' summaries, side by side with the paper's rows; with an `--instruct`
+    evaluation among them, the shares of stories that follow their headers too (`-` for the others)."""
+    summaries = []
     for folder in folders:
         path = Path(folder) / "summary.json"
         if not path.is_file():
             raise UserError(f"--compare {folder}: no summary.json; give folders written by evaluate")
-        s = json.loads(path.read_text(encoding="utf-8"))
+        summaries.append((folder, json.loads(path.read_text(encoding="utf-8"))))
+    shares = list(INSTRUCT_SHARES) if any("instruct" in s for _, s in summaries) else []
+    free = ["finished", "repetition", "distinct_2", "copied"]
+    columns = [*CATEGORIES, "graded", *free, *shares]
+    lines = ["| evaluation | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for folder, s in summaries:
         cells = [fmt(s["means"][c]["mean"], s["means"][c]["stderr"]) for c in CATEGORIES]
-        cells += [f"{s['graded']}/{s['completions']}"] + [fmt(s["judge_free"][k]) for k in columns[5:]]
+        cells += [f"{s['graded']}/{s['completions']}"] + [fmt(s["judge_free"][k]) for k in free]
+        cells += [fmt(s.get("instruct", {}).get(k)) for k in shares]
         lines.append(f"| {folder} | " + " | ".join(cells) + " |")
     for name, grades in PAPER.items():
-        lines.append(f"| paper, {name} | " + " | ".join(f"{grades[c]:.2f}" for c in CATEGORIES) + " |" + " |" * 5)
+        blanks = " |" * (len(columns) - len(CATEGORIES))
+        lines.append(f"| paper, {name} | " + " | ".join(f"{grades[c]:.2f}" for c in CATEGORIES) + " |" + blanks)
     return "\n".join(lines)
 
 
@@ -233,8 +251,10 @@ def main(
 
     Args:
         ckpt_path: A Lightning checkpoint (`.ckpt`) or a folder written by `python -m tinystories export`.
+            Required unless --compare is given.
         out_dir: Folder for completions.jsonl, summary.json, report.html and the judge's replies; rerunning the same
-            command there reuses what it holds.
+            command there reuses what it holds, and other settings need another folder. Required unless --compare
+            is given.
         prompts: Story beginnings: a .yaml list (the paper's `Evaluation prompts.yaml`), a .txt (one per line, or
             separated by `<|endoftext|>` lines) or a .jsonl (`prompt` or `text`); null downloads the paper's 44
             from the hub data set roneneldan/TinyStories.
@@ -265,8 +285,10 @@ def main(
         raise UserError("evaluate needs --ckpt_path and --out_dir (or --compare FOLDER ...)")
     if num_samples < 1 or max_new_tokens < 1 or batch_size < 1:
         raise UserError("--num_samples, --max_new_tokens and --batch_size must be at least 1")
-    if temperature <= 0:
+    if not temperature > 0:
         raise UserError(f"--temperature is {temperature}; it must be positive (the paper samples at 1.0)")
+    if judge_concurrency < 1 or not judge_timeout > 0:
+        raise UserError("--judge_concurrency must be at least 1 and --judge_timeout above 0 seconds")
     if judge_base_url and not judge_model:
         raise UserError("--judge_base_url needs --judge_model (the model name the server serves)")
     ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)

@@ -1,11 +1,13 @@
 """Export a Lightning checkpoint as a Hugging Face model folder, and optionally upload it to the hub.
 
-    python -m tinystories export --ckpt_path lightning_logs/version_0/checkpoints/last.ckpt --out_dir my-model
-    python -m tinystories export --ckpt_path last.ckpt --out_dir my-model --push_to_hub me/tinystories-20m
+    python -m tinystories export --ckpt_path lightning_logs/demo/checkpoints/last.ckpt --out_dir my-model
+    python -m tinystories export --ckpt_path my-model --push_to_hub me/tinystories-demo     # upload it as it is
+    python -m tinystories export --ckpt_path last.ckpt --out_dir my-model --push_to_hub me/tinystories-demo
 
 The folder holds `config.json`, `model.safetensors`, the tokenizer, `generation_config.json` (the recipe's sampling
 defaults) and a model card `README.md`; `AutoModelForCausalLM.from_pretrained("my-model")` loads it, and so does
-`python -m tinystories generate --ckpt_path my-model`.
+`python -m tinystories generate --ckpt_path my-model`. An exported folder is uploaded as it is, but for its card's
+references to the folder's name, which name the hub repository in the upload (the folder on disk is not changed).
 """
 
 import os
@@ -108,7 +110,8 @@ print(tokenizer.decode(out[0], skip_special_tokens=True))
 ```
 
 `generation_config.json` samples with temperature {temperature}, top-k {top_k} and top-p {top_p}, stopping at EOS.
-With the project installed: `python -m tinystories generate --ckpt_path {name} --prompt "Once upon a time"`.
+With the `tinystories` project installed, in a local copy of this folder (`hf download {name} --local-dir {folder}`
+from the hub): `python -m tinystories generate --ckpt_path {folder} --prompt "Once upon a time"`.
 """
 METRIC_NAMES = {"val/loss": "loss (nats per token)", "val/ppl": "perplexity", "val/bpb": "bits per UTF-8 byte"}
 
@@ -163,7 +166,8 @@ def model_card(checkpoint: dict, model, tokenizer, name: str) -> str:
         tokenizer_text = (f"a byte-level BPE of {len(tokenizer):,} tokens trained on `{data.get('train_split')}` "
                           "of the same data (included here)")
     return CARD.format(
-        meta="\n".join(meta), name=name, parameters=model.num_parameters(), config=model.config,
+        meta="\n".join(meta), name=name, folder=name.split("/")[-1], parameters=model.num_parameters(),
+        config=model.config,
         max_length=data.get("max_length"), rope_theta=(model.config.rope_parameters or {}).get("rope_theta"),
         tied=str(model.config.tie_word_embeddings).lower(), dataset=dataset, train_split=data.get("train_split"),
         val_split=data.get("val_split"), tokenizer_text=tokenizer_text, eos=tokenizer.eos_token,
@@ -190,13 +194,32 @@ def hub_token() -> str:
     return token
 
 
-def push(folder: Path, repo_id: str, token: str, private: bool) -> str:
-    from huggingface_hub import HfApi
+def card_for_hub(folder: Path, repo_id: str) -> Optional[bytes]:
+    """The folder's model card with the name it was written under (the folder's) replaced by the hub repository id,
+    so its snippets load from the hub; None when there is no card or nothing to replace."""
+    card, old = folder / "README.md", folder.resolve().name
+    if not card.is_file() or old == repo_id:
+        return None
+    text = original = card.read_text(encoding="utf-8")
+    for before, after in ((f'"{old}"', f'"{repo_id}"'), (f"\n# {old}\n", f"\n# {repo_id}\n"),
+                          (f"hf download {old} ", f"hf download {repo_id} ")):
+        text = text.replace(before, after)
+    return None if text == original else text.encode("utf-8")
 
+
+def push(folder: Path, repo_id: str, token: str, private: bool) -> str:
+    """One commit of the folder's files (dot-files left out), the model card named for `repo_id`."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.relative_to(folder).as_posix().startswith("."))
+    card = card_for_hub(folder, repo_id)
+    operations = [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(),
+                                     path_or_fileobj=card if card is not None and p == folder / "README.md" else str(p))
+                  for p in files]
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        commit = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model",
+        commit = api.create_commit(repo_id, operations=operations, repo_type="model",
                                    commit_message="Upload TinyStories model exported by tinystories")
     except Exception as err:  # no network, a bad token, a repo of someone else's: one line, the export stays
         first_line = (str(err).strip().splitlines() or [""])[0]
@@ -229,27 +252,53 @@ def write_folder(checkpoint: dict, ckpt_path: Path, out_dir: Path, name: str, ma
     return model.num_parameters()
 
 
+def push_exported(folder: Path, out_dir: Optional[Path], repo_id: Optional[str], private: bool) -> None:
+    """Upload a folder written by export before, as it is."""
+    if out_dir is not None:
+        raise UserError(f"--ckpt_path {folder}: an exported folder already; leave out --out_dir (nothing to write), "
+                        "and give --push_to_hub USER/NAME to upload it")
+    if not repo_id:
+        raise UserError(f"--ckpt_path {folder}: an exported folder already; give --push_to_hub USER/NAME to upload "
+                        "it, or a .ckpt with --out_dir to export one")
+    missing = [name for name in ("config.json", "model.safetensors") if not (folder / name).is_file()]
+    if missing:
+        raise UserError(f"--ckpt_path {folder}: no {' or '.join(missing)}; give a folder written by export, or a "
+                        ".ckpt with --out_dir")
+    token = hub_token()
+    print(f"Uploaded {folder} to {push(folder, repo_id, token, private)}")
+
+
 def main(
     *,
     ckpt_path: Path,
-    out_dir: Path,
+    out_dir: Optional[Path] = None,
     push_to_hub: Optional[str] = None,
     private: bool = False,
     max_new_tokens: int = 256,
 ) -> None:
-    """Export a Lightning checkpoint as a Hugging Face model folder with a model card; optionally upload it.
+    """Export a Lightning checkpoint as a Hugging Face model folder with a model card, and optionally upload it;
+    or upload a folder exported before.
 
     Args:
-        ckpt_path: A Lightning checkpoint (`.ckpt`) written by `python -m tinystories fit`.
-        out_dir: Folder to write; it must not exist or be empty (nothing is overwritten).
+        ckpt_path: A Lightning checkpoint (`.ckpt`) written by `python -m tinystories fit`, or a folder written by
+            export, which --push_to_hub then uploads as it is.
+        out_dir: Folder to write, required with a .ckpt; it must not exist or be empty (nothing is overwritten).
         push_to_hub: A hub repository id (`user/name`) to create if needed and upload the folder to; needs a
-            token (`hf auth login` or HF_TOKEN) and network.
+            token (`hf auth login` or HF_TOKEN) and network. The uploaded model card names this id.
         private: Create the hub repository as private.
-        max_new_tokens: Default story length written to generation_config.json.
+        max_new_tokens: Default story length written to generation_config.json (at least 1).
     """
-    ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
+    ckpt_path = Path(ckpt_path)
+    out_dir = None if out_dir is None else Path(out_dir)
+    if ckpt_path.is_dir():
+        return push_exported(ckpt_path, out_dir, push_to_hub, private)
     if not ckpt_path.is_file():
-        raise UserError(f"--ckpt_path {ckpt_path}: no such checkpoint file; give a .ckpt written by fit")
+        raise UserError(f"--ckpt_path {ckpt_path}: no such checkpoint file or exported folder; give a .ckpt written "
+                        "by fit")
+    if out_dir is None:
+        raise UserError(f"--out_dir: required to export {ckpt_path}; give a new folder (e.g. --out_dir my-model)")
+    if max_new_tokens < 1:
+        raise UserError(f"--max_new_tokens is {max_new_tokens}; it must be at least 1")
     check_out_dir(out_dir)
     token = hub_token() if push_to_hub else None
     checkpoint = ckpt.read(ckpt_path)

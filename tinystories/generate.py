@@ -1,6 +1,6 @@
 """Write stories with a trained model, from a Lightning checkpoint or an exported Hugging Face folder.
 
-    python -m tinystories generate --ckpt_path lightning_logs/version_0/checkpoints/last.ckpt --prompt "Once upon"
+    python -m tinystories generate --ckpt_path lightning_logs/demo/checkpoints/last.ckpt --prompt "Once upon"
     python -m tinystories generate --ckpt_path my-model/ --prompts_file prompts.txt --seed 1 --output stories.jsonl
     python -m tinystories generate --ckpt_path last.ckpt --prompt "Tom" --prompt "Lily" --do_sample false  # greedy
 
@@ -111,6 +111,17 @@ def read_prompts(prompt: Union[str, list[str], None], prompts_file: Optional[Pat
     return prompts
 
 
+def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+    """Sampling options in their ranges, or one line naming the option (transformers would fail mid-generation)."""
+    if not temperature > 0:
+        raise UserError(f"--temperature {temperature}: must be above 0 (for the likeliest token at each step, give "
+                        "--do_sample false)")
+    if top_k < 0:
+        raise UserError(f"--top_k {top_k}: must be 0 (off) or more")
+    if not 0 < top_p <= 1:
+        raise UserError(f"--top_p {top_p}: must be above 0 and at most 1 (1 turns it off)")
+
+
 def pick_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available; use --device cpu")
@@ -145,19 +156,22 @@ def main(
         prompts_file: A UTF-8 text file of prompts, one per line (blank lines skipped); added after --prompt.
         max_new_tokens: Most tokens generated per story; a story ends earlier at EOS.
         do_sample: Sample (true) or take the likeliest token each step (false, greedy and deterministic).
-        temperature: Sampling temperature; lower is more conservative.
-        top_k: Sample among the k likeliest tokens.
-        top_p: Sample within the smallest set of tokens whose probability reaches p (nucleus).
+        temperature: Sampling temperature, above 0; lower is more conservative.
+        top_k: Sample among the k likeliest tokens; 0 turns it off.
+        top_p: Sample within the smallest set of tokens whose probability reaches p (nucleus), in (0, 1]; 1 turns
+            it off.
         num_return_sequences: Stories per prompt (sampling only).
         seed: Random seed, so a run can be repeated; null picks one and prints it.
         batch_size: Prompts generated together (left-padded).
         device: `auto` (CUDA when available), `cpu` or `cuda`.
         output: A `.jsonl` file to write: one line per story with prompt, completion and settings.
-        words: A model fine-tuned on TinyStories-Instruct: words the story must use, comma-separated.
-        features: ... story features, comma-separated: Dialogue, BadEnding, MoralValue, Twist, Foreshadowing,
-            Conflict.
-        summary: ... what the story is about.
-        random_sentence: ... a sentence the story must contain.
+        words: For a model fine-tuned on TinyStories-Instruct: words the story must use, comma-separated.
+        features: For a model fine-tuned on TinyStories-Instruct: story features, comma-separated, of Dialogue,
+            BadEnding, MoralValue, Twist, Foreshadowing, Conflict. A model fine-tuned on headers derived from real
+            stories (`data.instruct: derive`) was taught Dialogue only; the others come from synthetic stories and
+            the release's instruct records.
+        summary: For a model fine-tuned on TinyStories-Instruct: what the story is about.
+        random_sentence: For a model fine-tuned on TinyStories-Instruct: a sentence the story must contain.
     """
     header = instruct_prompt(words, features, summary, random_sentence)
     if header is not None and (prompt or prompts_file):
@@ -166,6 +180,7 @@ def main(
     prompts = [header] if header is not None else read_prompts(prompt, prompts_file)
     if num_return_sequences < 1 or batch_size < 1 or max_new_tokens < 1:
         raise UserError("--num_return_sequences, --batch_size and --max_new_tokens must be at least 1")
+    check_sampling(temperature, top_k, top_p)
     if num_return_sequences > 1 and not do_sample:
         raise UserError("--num_return_sequences > 1 needs --do_sample true (greedy gives one story)")
     if output is not None and Path(output).exists():

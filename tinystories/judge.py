@@ -16,11 +16,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional
 
+from tinystories.atomic import atomic_write
 from tinystories.errors import UserError, one_line
 
 ASSESS = (
@@ -87,10 +87,8 @@ def cache_key(model: str, templates: tuple[str, str], beginning: str, completion
 
 def write_json(path: Path, value) -> None:
     """Atomically: an interrupted run leaves whole files or none."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         json.dump(value, f, ensure_ascii=False)
-    os.replace(tmp, path)
 
 
 class Judge:

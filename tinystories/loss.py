@@ -11,20 +11,30 @@ and forward plus backward run about twice as fast as the plain head plus `F.cros
 
 Numerics follow autocast: the products run in the autocast dtype (bf16 or fp16) when autocast is on, else in the
 weight's dtype; the softmax and the loss are fp32, as autocast computes `cross_entropy`.
+
+On a GPU the chunk between the products is memory-bound: in eager PyTorch each chunk writes its logits, an fp32
+copy of the probabilities and then their low-precision copy, and reads each back (about 26 bytes a logit; at a 32k
+vocabulary and 65,536 tokens a step, tens of GB a step). Where Triton is there (`compiled_chunks`), that part is one
+compiled function of fixed shape (the last chunk padded), which Inductor fuses into a reduction and one pointwise
+kernel: the logits are written once in the compute dtype, read twice, and the gradient written once in it (about
+14 bytes a logit), with no fp32 copy. The CPU keeps the eager chunks, sized for its caches and measured faster.
 """
 
+from functools import lru_cache
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 IGNORE_INDEX = -100
 # Rows of logits per chunk: on the CPU, a chunk's fp32 softmax within a core's L2 cache (2**20 elements, 4 MB) but at
 # least 128 rows, which keep the products efficient (256 rows at a 4k vocabulary, 128 at 32k); the head's gradient is
 # summed over 512 rows at a time, fewer and larger products. On a GPU, larger chunks keep kernel launches few (a
-# guess: no GPU has measured it).
+# guess: no GPU has measured it), in a multiple of 256 rows, so a step's 65,536 tokens are a whole number of chunks.
 CHUNK_ELEMENTS = {"cpu": 2**20, "default": 2**27}
 MIN_ROWS = {"cpu": 128, "default": 1}
 GROUP_ROWS = {"cpu": 512, "default": 1}
+ROW_MULTIPLE = {"cpu": 1, "default": 256}
 
 
 def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
@@ -36,7 +46,82 @@ def chunk_rows(device: torch.device, vocab_size: int) -> tuple[int, int]:
     """Rows of logits per chunk, and per head-gradient product (a whole number of chunks)."""
     kind = device.type if device.type in CHUNK_ELEMENTS else "default"
     rows = max(MIN_ROWS[kind], CHUNK_ELEMENTS[kind] // vocab_size, 1)
+    rows = max(rows // ROW_MULTIPLE[kind] * ROW_MULTIPLE[kind], min(rows, ROW_MULTIPLE[kind]))
     return rows, rows * max(1, GROUP_ROWS[kind] // rows)
+
+
+def compiled_chunks(device: torch.device) -> bool:
+    """Whether chunks run compiled: on CUDA with Triton (which `torch.compile` needs there); never on the CPU."""
+    return device.type == "cuda" and _has_triton()
+
+
+@lru_cache(maxsize=None)
+def _has_triton() -> bool:
+    from torch.utils._triton import has_triton
+
+    return has_triton()
+
+
+def _chunk_nats(h, w, index, scale):
+    """Summed nats of one chunk (`scale`: each row's weight, 0 where ignored), and the fp32 logits and log-sum-exp."""
+    logits = (h @ w.T).float()
+    lse = torch.logsumexp(logits, -1)
+    return ((lse - logits.gather(1, index[:, None]).squeeze(1)) * scale).sum(), logits, lse
+
+
+def _chunk_loss(h, w, index, scale):
+    return _chunk_nats(h, w, index, scale)[0]
+
+
+def _chunk_loss_and_grad(h, w, index, scale):
+    """A chunk's summed nats and the gradient of its logits, (softmax - one-hot) x scale, in `h`'s dtype: the one-hot
+    is subtracted in fp32, before rounding."""
+    nats, logits, lse = _chunk_nats(h, w, index, scale)
+    target = torch.arange(logits.shape[1], device=logits.device)[None, :] == index[:, None]
+    grad = (torch.exp(logits - lse[:, None]) - target.float()) * scale[:, None]
+    return nats, grad.to(h.dtype)
+
+
+@lru_cache(maxsize=None)
+def _compiled(fn):
+    return torch.compile(fn, dynamic=False, fullgraph=True)
+
+
+def _padded(n: int, rows: int, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """`tensors` (first dimension n) padded with zeros to a whole number of `rows`: every chunk the same shape."""
+    extra = -n % rows
+    return [F.pad(t, (0, 0) * (t.dim() - 1) + (0, extra)) if extra else t for t in tensors]
+
+
+def _compiled_loss_only(h, w, targets, weights) -> torch.Tensor:
+    n, rows = h.shape[0], chunk_rows(h.device, w.shape[0])[0]
+    valid = targets != IGNORE_INDEX
+    scale = valid.float() if weights is None else weights.where(valid, 0)
+    h, index, scale = _padded(n, rows, h, targets.where(valid, 0), scale)
+    chunk = _compiled(_chunk_loss)
+    total = torch.zeros((), dtype=torch.float32, device=h.device)
+    for start in range(0, h.shape[0], rows):
+        total += chunk(h[start:start + rows], w, index[start:start + rows], scale[start:start + rows])
+    return total
+
+
+def _compiled_forward(h, w, targets, weights) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed nats and the gradients of `h` and `w` (fp32), chunk by compiled chunk."""
+    n, (rows, _) = h.shape[0], chunk_rows(h.device, w.shape[0])
+    valid = targets != IGNORE_INDEX
+    scale = valid.float() if weights is None else weights.where(valid, 0)
+    h_pad, index, scale = _padded(n, rows, h, targets.where(valid, 0), scale)
+    chunk = _compiled(_chunk_loss_and_grad)
+    grad_h = torch.empty_like(h_pad)
+    grad_w = torch.zeros(w.shape, dtype=torch.float32, device=h.device)
+    total = torch.zeros((), dtype=torch.float32, device=h.device)
+    for start in range(0, h_pad.shape[0], rows):
+        h_chunk = h_pad[start:start + rows]
+        nats, grad_logits = chunk(h_chunk, w, index[start:start + rows], scale[start:start + rows])
+        total += nats
+        torch.mm(grad_logits, w, out=grad_h[start:start + rows])
+        grad_w.add_(grad_logits.T @ h_chunk)  # ignored and padded rows have a zero gradient
+    return total, grad_h[:n], grad_w
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -58,6 +143,8 @@ def _loss_only(hidden, weight, targets, weights) -> torch.Tensor:
     dtype = compute_dtype(hidden, weight)
     with torch.autocast(hidden.device.type, enabled=False):
         w, h = weight.to(dtype), hidden.to(dtype)
+        if compiled_chunks(h.device):
+            return _compiled_loss_only(h, w, targets, weights)
         rows, _ = chunk_rows(hidden.device, weight.shape[0])
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, h.shape[0], rows):
@@ -76,6 +163,11 @@ class LinearCrossEntropy(torch.autograd.Function):
         dtype = compute_dtype(hidden, weight)
         with torch.autocast(hidden.device.type, enabled=False):
             w, h = weight.to(dtype), hidden.to(dtype)
+            if compiled_chunks(h.device):
+                total, grad_h, grad_w = _compiled_forward(h, w, targets, weights)
+                ctx.save_for_backward(grad_h, grad_w)
+                ctx.dtypes = hidden.dtype, weight.dtype
+                return total
             rows, group = chunk_rows(hidden.device, weight.shape[0])
             n, device = h.shape[0], h.device
             valid = targets != IGNORE_INDEX

@@ -11,6 +11,7 @@ tokenizers: docs/bits-per-byte.md); sums are torchmetrics, so they are reduced a
 """
 
 import math
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
@@ -25,7 +26,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from tinystories.attention import ATTENTION
 from tinystories.loss import IGNORE_INDEX, linear_cross_entropy
-from tinystories.optim import Optimization, configure
+from tinystories.optim import Optimization, RankZeroClock, configure
+
+# val/* and test/* are computed from torchmetrics sums, which are reduced over DDP ranks before they are logged:
+# Lightning's advice to log them with sync_dist=True (averaging equal values once more) does not apply.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
 
 
 @dataclass
@@ -136,7 +141,10 @@ class TinyStoriesLM(LightningModule):
                                    "compile": compile, "init_from": None if init_from is None else str(init_from)})
         self.model = build_llama(self.architecture)
         self.time_progress = 0.0  # elapsed / max_time, with schedule_by_max_time: set before each training step
-        self.val_nats, self.val_tokens, self.val_bytes = SumMetric(), SumMetric(), SumMetric()
+        self.clock = RankZeroClock()
+        # nan_strategy "disable": a NaN batch makes `val/loss` NaN (the default drops it from the nats but not from
+        # the token count, so the loss reads low), and no check syncs with the host on each update.
+        self.val_nats, self.val_tokens, self.val_bytes = (SumMetric(nan_strategy="disable") for _ in range(3))
 
     def configure_model(self) -> None:
         # Each decoder layer is compiled on its own ("regional" compilation): the layers share one compiled graph, so
@@ -150,6 +158,12 @@ class TinyStoriesLM(LightningModule):
             rank_zero_warn("model.compile: torch.compile on a CPU needs a C++ compiler and none was found (install g++ "
                            "or clang++, or set CXX); training without compiling")
             return
+        if device.type == "cuda":  # Inductor needs Triton there, and Triton a C compiler (`gpu.compile_blocker`)
+            from tinystories.gpu import compile_blocker
+
+            if blocker := compile_blocker(device):
+                rank_zero_warn(f"model.compile: {blocker}; training without compiling")
+                return
         for layer in self.model.model.layers:
             layer.compile()
         self.compiled = True
@@ -171,7 +185,11 @@ class TinyStoriesLM(LightningModule):
     def nats(self, batch, weighted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed next-token cross-entropy over the batch's real targets, and how many there are; `weighted` applies
         the batch's `loss_weights` (`data.word_weight`) where it has them."""
-        hidden = self.hidden(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+        # A batch `collate` made without pads (packed blocks) goes in with no mask and default positions: SDPA then runs
+        # causal, and transformers checks no mask on the host.
+        padded = batch.get("padded", True)
+        hidden = self.hidden(batch["input_ids"], batch["attention_mask"] if padded else None,
+                             batch["position_ids"] if padded else None)
         # Targets shifted left (the last position predicts nothing). The head and the loss run fused, a chunk of
         # rows at a time (`tinystories/loss.py`): the full logits are never made. A left-padded story's first token
         # follows a pad: nothing predicts it (its bytes are not in num_bytes).
@@ -196,19 +214,28 @@ class TinyStoriesLM(LightningModule):
         self.val_tokens.update(count)
         self.val_bytes.update(batch["num_bytes"].sum())
 
+    test_step = validation_step  # `test` scores data.test_split the same way
+
     def on_validation_epoch_end(self):
+        self.log_scores("val")
+
+    def on_test_epoch_end(self):
+        self.log_scores("test")
+
+    def log_scores(self, prefix: str) -> None:
         nats, tokens, num_bytes = self.val_nats.compute(), self.val_tokens.compute(), self.val_bytes.compute()
         loss = nats / tokens
-        self.log("val/loss", loss, prog_bar=True)
-        self.log("val/ppl", torch.exp(loss))
-        self.log("val/bpb", nats / math.log(2) / num_bytes, prog_bar=True)
+        self.log(f"{prefix}/loss", loss, prog_bar=True)
+        self.log(f"{prefix}/ppl", torch.exp(loss))
+        self.log(f"{prefix}/bpb", nats / math.log(2) / num_bytes, prog_bar=True)
         for metric in (self.val_nats, self.val_tokens, self.val_bytes):
             metric.reset()
 
     def configure_optimizers(self):
         clock = (lambda: self.time_progress) if self.timer() is not None else None
         optimizer, schedule = configure(self.model.named_parameters(), self.optimization,
-                                        self.trainer.estimated_stepping_batches, self.device, clock)
+                                        self.trainer.estimated_stepping_batches, self.device, clock,
+                                        precision=str(self.trainer.precision))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "lr"}}
 
     def timer(self) -> Optional[Timer]:
@@ -220,9 +247,13 @@ class TinyStoriesLM(LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         if (timer := self.timer()) is not None:
-            elapsed = timer.time_elapsed()
-            progress = min(1.0, elapsed / max(elapsed + timer.time_remaining(), 1e-9))
-            self.time_progress = self.trainer.strategy.broadcast(progress)  # every rank steps with rank 0's rate
+            def read() -> float:
+                elapsed = timer.time_elapsed()
+                return min(1.0, elapsed / max(elapsed + timer.time_remaining(), 1e-9))
+
+            # Every rank steps with rank 0's rate: under DDP broadcast every log_every_n_steps steps, not every step
+            every = 1 if self.trainer.world_size == 1 else self.trainer.log_every_n_steps
+            self.time_progress = self.clock(self.trainer.global_step, read, self.trainer.strategy.broadcast, every)
 
     def on_fit_start(self) -> None:
         # After Lightning restored a --ckpt_path (then its weights win) and before the first step.

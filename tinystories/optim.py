@@ -76,21 +76,21 @@ class Optimization:
 
 
 def configure(named_params: Iterable[tuple[str, torch.Tensor]], options: Optimization, total_steps: int,
-              device: torch.device | str = "cpu", time_progress: Optional[Callable[[], float]] = None):
+              device: torch.device | str = "cpu", time_progress: Optional[Callable[[], float]] = None,
+              precision: Optional[str] = None):
     """The optimizer and its per-step learning-rate schedule for a run of `total_steps` optimizer steps.
 
     Args:
         named_params: The model's `named_parameters()`.
         options: What `model.optimization` says.
         total_steps: The run's length in optimizer steps (Lightning's `estimated_stepping_batches`).
-        device: Where the parameters live: on a CPU, AdamW runs its fused kernel (one pass over each tensor instead
-            of one per operation). Elsewhere torch's default: Lightning refuses gradient clipping with a fused
-            optimizer under 16-mixed's gradient scaler.
+        device: Where the parameters live: with `precision`, `fused_adamw` picks AdamW's kernel for it.
         time_progress: With `schedule_by_max_time`, a function giving the share of `trainer.max_time` spent; the
             schedule then follows whichever of steps and time is further along.
+        precision: The trainer's precision (`trainer.precision`), if known.
     """
     named = list(named_params)
-    fused = True if torch.device(device).type == "cpu" else None
+    fused = fused_adamw(device, precision)
     if options.optimizer == "muon":
         optimizer = MuonWithAdamW(named, lr=options.learning_rate,
                                   muon_lr=options.muon_learning_rate or options.learning_rate, betas=options.betas,
@@ -112,6 +112,42 @@ def configure(named_params: Iterable[tuple[str, torch.Tensor]], options: Optimiz
     if options.schedule_by_max_time and time_progress is not None:
         schedule.lr_lambdas = [clocked(factor, total, time_progress) for factor in schedule.lr_lambdas]
     return optimizer, schedule
+
+
+def fused_adamw(device: torch.device | str, precision: Optional[str] = None) -> Optional[bool]:
+    """AdamW's `fused` for parameters on `device`: True (one kernel pass over each tensor instead of one per operation)
+    on a CPU, and on a GPU once the precision is known and is not `16-mixed`; else None, torch's default (foreach).
+
+    Under 16-mixed a fused AdamW unscales the gradients inside its step (`_step_supports_amp_scaling`), so Lightning
+    refuses gradient clipping with it (`MixedPrecision.clip_gradients`, lightning/pytorch/plugins/precision/amp.py).
+    """
+    kind = torch.device(device).type
+    return True if kind == "cpu" or (kind == "cuda" and precision is not None and precision != "16-mixed") else None
+
+
+class RankZeroClock:
+    """The share of `trainer.max_time` spent, as rank 0's clock says, equal on every rank without a collective per step.
+
+        clock = RankZeroClock()
+        progress = clock(trainer.global_step, read, trainer.strategy.broadcast, every=50)
+
+    DDP keeps the weights equal only if every rank applies the same update, so every rank must use the same learning
+    rate. Every `every` steps rank 0's reading is broadcast with its pace (share per step since the last broadcast);
+    between broadcasts each rank extrapolates from those numbers by the step count, the same arithmetic everywhere.
+    `every=1` reads the clock at each step (one process needs no broadcast, and then this is exact).
+    """
+
+    def __init__(self):
+        self.anchor: Optional[tuple[int, float, float]] = None  # step, progress, progress per step
+
+    def __call__(self, step: int, read: Callable[[], float], broadcast: Callable, every: int = 1) -> float:
+        if self.anchor is None or not 0 <= step - self.anchor[0] < every:
+            progress, pace = read(), 0.0
+            if self.anchor is not None and step > self.anchor[0]:
+                pace = max(0.0, (progress - self.anchor[1]) / (step - self.anchor[0]))
+            self.anchor = tuple(broadcast((step, progress, pace)))
+        start, progress, pace = self.anchor
+        return min(1.0, progress + pace * (step - start))
 
 
 def clocked(factor: Callable[[int], float], total: int, time_progress: Callable[[], float]) -> Callable[[int], float]:
@@ -205,6 +241,17 @@ class MuonWithAdamW(torch.optim.Optimizer):
         self.muon.step()
         self.adamw.step()
         return loss
+
+    @property
+    def state(self) -> dict:
+        """Both optimizers' per-parameter states. Lightning moves optimizer state by walking `optimizer.state` (to the
+        CPU when `fit` ends, `Strategy.teardown`; to the device after a restore): without this it would find this
+        wrapper's own, empty one and leave the moments on the GPU."""
+        return {**self.muon.state, **self.adamw.state}
+
+    @state.setter
+    def state(self, value) -> None:
+        pass  # torch.optim.Optimizer.__init__ sets an empty one; the state lives in the two optimizers
 
     def state_dict(self):
         return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}

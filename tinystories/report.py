@@ -13,10 +13,10 @@ grades and the judge's reply. All text from the model or the judge is escaped.
 
 import html
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
+
+from tinystories.atomic import atomic_write
 
 GRADES = ("grammar", "creativity", "consistency", "plot")
 AGES = {"A": "3 or under", "B": "4-5", "C": "6-7", "D": "8-9", "E": "10-12", "F": "13-16"}
@@ -100,15 +100,8 @@ def grade_counts(rows: list[dict], grade: str) -> list[int]:
 
 
 def write_html(path: Path, summary: dict, rows: list[dict]) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(render(summary, rows))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(Path(path)) as f:
+        f.write(render(summary, rows))
 
 
 def render(summary: dict, rows: list[dict]) -> str:

@@ -98,9 +98,32 @@ def load_split(
         else:
             ds = file_split(local_file(folder, split), cache_dir)
     else:
-        ds = datasets.load_dataset(dataset, split=split)
+        try:
+            ds = datasets.load_dataset(dataset, split=split)
+        except Exception as err:
+            if hub_unreachable(err):
+                raise DataSourceError(hub_message("data.dataset", dataset, "a folder of train/valid .txt, .jsonl or "
+                                                  ".parquet files, or one saved with save_to_disk")) from None
+            raise
         return checked(ds, f"{dataset} split {split!r}")
     return checked(select(ds, split), f"{dataset} split {split!r}")
+
+
+def hub_unreachable(err: BaseException) -> bool:
+    """Whether a hub library's error says the hub could not be reached (HF_HUB_OFFLINE, no network), as opposed to
+    a name that does not exist or a file that is broken."""
+    text = str(err).lower()
+    return (type(err).__name__ in ("OfflineModeIsEnabled", "LocalEntryNotFoundError")
+            or "couldn't connect to" in text or ("couldn't reach" in text and "on the hub" in text))
+
+
+def hub_message(option: str, name: str, local: str) -> str:
+    """One line for a hub name that could not be fetched: why, and how to give a local copy instead."""
+    from huggingface_hub import constants
+
+    why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "no network or the hub is down"
+    return (f"{option} {name}: the Hugging Face hub could not be reached ({why}) and the hub cache has no copy; give "
+            f"a local copy instead ({local}), or run once with the network to cache it")
 
 
 def checked(ds: datasets.Dataset, what: str) -> datasets.Dataset:

@@ -18,7 +18,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from tinystories.errors import UserError, one_line
-from tinystories.sources import iter_texts, load_split
+from tinystories.sources import hub_message, hub_unreachable, iter_texts, load_split
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
 # Files AutoTokenizer builds a tokenizer from; a folder with none of them is not a tokenizer.
@@ -40,6 +40,9 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path) if path.is_dir() else name_or_path)
     except Exception as err:  # corrupt JSON is a ValueError, a JSON of the wrong shape a KeyError, ...
+        if not path.is_dir() and hub_unreachable(err):
+            local = f"a folder written by save_pretrained, e.g. by `hf download {name_or_path} --local-dir DIR`"
+            raise TokenizerError(hub_message("data.tokenizer", name_or_path, local)) from None
         raise TokenizerError(f"data.tokenizer {name_or_path}: cannot be loaded ({type(err).__name__}: "
                              f"{one_line(err, 160)}); re-save it with save_pretrained or give another one") from None
     if not tokenizer.is_fast:
