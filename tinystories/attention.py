@@ -14,10 +14,10 @@ Three changes to transformers' `sdpa`, each for one device:
   low-precision autocast, or with bf16/fp16 weights, on the CPU, heads of fewer than `FP32_BELOW` dimensions run in
   fp32 and hand back the dtype `sdpa` would have.
 - With no mask (packed batches), transformers asks SDPA for `enable_gqa`, which on CUDA only the flash kernel (sm80+)
-  and the math kernel serve. Before sm80 (T4, V100) that is the math kernel, with fp32 L x L scores for every head,
-  and on the CPU it is the math kernel too (a training step of the fast config's CPU batch takes twice as long as
-  with K/V repeated: `python benchmarks/mask.py`). So everywhere but CUDA sm80+, K/V are repeated here and SDPA sees
-  as many key heads as query heads: the CPU's flash kernel, a pre-sm80 GPU's memory-efficient one.
+  and the math kernel serve. Before sm80 (T4, V100) that is the math kernel, with fp32 L x L scores for every head.
+  So everywhere but CUDA sm80+, K/V are repeated here and SDPA sees as many key heads as query heads: a pre-sm80
+  GPU then runs its memory-efficient kernel. On the CPU both ways take the same time (`python benchmarks/mask.py`),
+  and it takes the same path as other devices without a CUDA grouped-query kernel.
 
 Exported models name no attention implementation (`config.json`), so they load with transformers' default.
 """
@@ -55,7 +55,7 @@ def sdpa_mask_every_row_attends(batch_size: int, q_length: int, kv_length: int, 
 @lru_cache(maxsize=None)
 def needs_repeated_kv(device: torch.device) -> bool:
     """Whether K/V are repeated for a maskless SDPA call: everywhere but CUDA from sm80 on, whose flash kernel takes
-    grouped-query attention as it is. The CPU's and pre-sm80 GPUs' kernels would fall to the math one."""
+    grouped-query attention as it is; before sm80 `enable_gqa` falls to the math kernel."""
     return device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0)
 
 
