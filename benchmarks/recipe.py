@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import CONFIGS, LLAMA_TOKENIZER, TINYSTORIES, architecture, load_config, local, optimization
+from common import CONFIGS, LLAMA_TOKENIZER, TINYSTORIES, load_config, local
 from lightning.pytorch import Callback
 
 from tinystories.attention import ATTENTION
@@ -47,8 +47,8 @@ from tinystories.data import collate, tokenize_batch
 from tinystories.model import TinyStoriesLM
 from tinystories.sources import load_split
 from tinystories.tokenizer import load_tokenizer, token_bytes
+from throughput import SEED, recipe_model  # the recipe's model at seed 3407: every arm's initial weights
 
-SEED = 3407
 RECIPE = CONFIGS / "tinystories-20m.yaml"
 FAST = CONFIGS / "tinystories-20m-fast.yaml"
 # The fast config sized for a 2-core CPU, as benchmarks/throughput.py sizes it: a CPU-sized batch and learning rates
@@ -143,14 +143,6 @@ class Clock:
                 "cpu_seconds": last["cpu_seconds"], "tok_s": self.tokens / max(last["seconds"], 1e-9),
                 "loss": last["loss"], "bpb": last["bpb"], "load_average": sum(loads) / max(len(loads), 1),
                 "curve": self.curve, **extra}
-
-
-def recipe_model(recipe: dict, tokenizer) -> TinyStoriesLM:
-    """The recipe's model at seed 3407: the initial weights of every arm."""
-    torch.manual_seed(SEED)
-    arch = architecture(recipe, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    return TinyStoriesLM(arch, optimization(recipe))
 
 
 def run_recipe(args, recipe: dict, train, tokenizer, held_out: HeldOut, out: Path) -> dict:
