@@ -20,6 +20,7 @@ from typing import Callable, Optional
 import torch
 import yaml
 
+from tinystories import precision
 from tinystories.data import TinyStoriesData
 from tinystories.model import Architecture
 from tinystories.optim import Optimization
@@ -43,6 +44,12 @@ def local(path) -> str:
                          f"the repository ({SHARED}: real TinyStories stories, the LLaMA-2 tokenizer); put it there "
                          "or give other data with --dataset/--tokenizer")
     raise SystemExit(f"error: {text}: no such file or folder")
+
+
+def machine(hidden_size: int = 256, intermediate_size: Optional[int] = None) -> str:
+    """A benchmark's first line: the CPU class and the precision `trainer.precision: null` picks on it, and why."""
+    chosen = precision.pick("cpu", hidden_size, intermediate_size)
+    return f"CPU class: {precision.cpu_class()}; precision: {chosen.precision} ({chosen.reason})"
 
 
 def load_config(path) -> dict:

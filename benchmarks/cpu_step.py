@@ -29,7 +29,7 @@ from common import LLAMA_TOKENIZER, TINYSTORIES, architecture, data_module, inte
 from common import token_ids, train_step
 
 from tinystories.callbacks import ReuseFreedMemory
-from tinystories.cli import default_precision
+from tinystories.precision import pick
 from tinystories.model import TinyStoriesLM
 from tinystories.optim import configure
 
@@ -75,7 +75,8 @@ def main() -> None:
     tokenizer = {"tokenizer": args.tokenizer} if args.model == "reference" else {}
     dm = data_module(config, dataset=args.dataset, batch_size=args.batch_size, num_workers=0, **tokenizer)
     batches = list(itertools.islice(dm.train_dataloader(), args.steps))
-    precision = config["trainer"].get("precision") or default_precision("cpu")
+    hidden = config["model"]["architecture"]["hidden_size"]
+    precision = config["trainer"].get("precision") or pick("cpu", hidden).precision
     bf16, clip = precision.startswith("bf16"), config["trainer"].get("gradient_clip_val")
     runs = {name: build(config, dm, sdpa, fused, compile) for name, (sdpa, fused, _, compile) in VARIANTS.items()}
     steps = {name: (lambda i, run=run: train_step(*run, batches[i], bf16, clip)) for name, run in runs.items()}

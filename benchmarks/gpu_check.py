@@ -5,15 +5,19 @@
     python benchmarks/gpu_check.py --smoke --out_dir /tmp/gc  # tiny, on a CPU, in under a minute: the same code path
 
 First the machine: device name and compute capability, torch, CUDA and cuDNN versions, the precision that
-`trainer.precision: null` picks there, and a line `attention:` from a probe: (a)'s model (`TinyStoriesLM`, eager)
+`trainer.precision: null` picks there and why, and a line `attention:` from a probe: (a)'s model (`TinyStoriesLM`, eager)
 takes a forward and backward pass in that precision's dtype (bf16 from sm80 on) over left-padded batches made by
 `tinystories.data.collate`, at sequence lengths 448 and 512, rows from full to one real token; the line says whether
 any output (every position's last hidden state, pads included), the loss or any gradient is NaN or infinite.
-Then (a) configs/tinystories-20m-fast.yaml (packed 512-token blocks, batch 128, Muon, bf16, compiled layers) for
-`--steps` steps, and (b) configs/tinystories-20m.yaml, the reference recipe's settings (batch 4 left-padded stories,
-AdamW 1e-4, no compile) for `--recipe_steps`, both through the real `fit` (`tinystories.cli.cli_main`) on
-`--dataset` (default the real stories in ../shared/data) under `--out_dir`. Each run's figures come from its own
-TensorBoard events (the `throughput/` metrics of the project's Throughput callback) and its trainer:
+Then each GPU-facing config as shipped (its precision, optimizer, clipping, compile and callbacks; only the data,
+the step count, the validation and logging cadence and the run folder are set): (b) configs/tinystories-20m.yaml,
+the reference recipe's settings (batch 4 left-padded stories, fused AdamW 1e-4 clipped at 1.0, no compile), for
+`--recipe_steps`, first, as it starts in seconds; then (a) configs/tinystories-20m-fast.yaml (packed 512-token
+blocks, batch 128, Muon, compiled layers) for `--steps` steps. Both run through the real `fit`
+(`tinystories.cli.cli_main`) on `--dataset` (default the real stories in ../shared/data) under `--out_dir`. Each
+run's figures are printed as soon as it ends; a run that fails prints its error and the check goes on, then exits
+non-zero. The figures come from the run's own TensorBoard events (the `throughput/` metrics of the project's
+Throughput callback) and its trainer:
 - real (non-pad) tokens/s: the median of the logging windows (`--log_every` steps) after the first;
 - MFU, against `--peak_flops`, else the GPU's dense peak at the training precision (`tinystories.gpu.DENSE_PEAKS`:
   H200, H100, A100, L4, A10, T4, RTX 4090, ...), else Lightning's table, else "unknown"; the peak used is printed;
@@ -23,8 +27,8 @@ TensorBoard events (the `throughput/` metrics of the project's Throughput callba
 - the final val/bpb;
 then `ratio=` (tokens/s of (a) / (b)). Last, 2 stories from (a)'s last.ckpt (`tinystories.checkpoint.load` and
 `sample_stories`), and (a) exported (`tinystories.export.main`) and reloaded with `AutoModelForCausalLM`.
-`--smoke`: a hidden-32 model, 300 synthetic stories with a 512-token BPE trained on them, a few steps, CPU, 32-true,
-no compile.
+`--smoke`: a hidden-32 model, 300 synthetic stories with a 512-token BPE trained on them, a few steps, CPU (at the
+precision `null` picks on it), no compile.
 """
 
 import argparse
@@ -41,7 +45,8 @@ from common import (CONFIGS, LLAMA_TOKENIZER, TINYSTORIES, architecture, gib, lo
                     reset_peak_memory, scalars)
 
 from tinystories import checkpoint, export, gpu
-from tinystories.cli import cli_main, default_precision
+from tinystories.cli import cli_main
+from tinystories.precision import pick
 from tinystories.data import collate
 from tinystories.generate import sample_stories
 from tinystories.model import TinyStoriesLM
@@ -49,7 +54,7 @@ from tinystories.model import TinyStoriesLM
 PROMPTS = ["Once upon a time", "Lily and her dog"]
 PROBE_LENGTHS = (448, 512)
 SMOKE = [
-    "--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--trainer.enable_progress_bar", "false",
+    "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
     "--trainer.enable_model_summary", "false", "--trainer.limit_val_batches", "2", "--model.compile", "false",
     "--data.max_length", "128", "--data.num_workers", "0", "--data.synthetic_stories", "300",
     "--data.tokenizer_vocab_size", "512", "--samples.max_new_tokens", "16",
@@ -57,9 +62,9 @@ SMOKE = [
     "--model.architecture.num_attention_heads", "4", "--model.architecture.num_key_value_heads", "2",
     "--model.architecture.max_position_embeddings", "256",
 ]
-RUNS = {  # name: (config, options of its own under --smoke)
-    "(a) fast": (CONFIGS / "tinystories-20m-fast.yaml", ["--data.batch_size", "8"]),
+RUNS = {  # name: (config, options of its own under --smoke); the recipe first: it starts in seconds
     "(b) recipe": (CONFIGS / "tinystories-20m.yaml", []),
+    "(a) fast": (CONFIGS / "tinystories-20m-fast.yaml", ["--data.batch_size", "8"]),
 }
 
 # cli_main is given its arguments while this script has command-line arguments of its own, as meant.
@@ -68,7 +73,7 @@ warnings.filterwarnings("ignore", message="LightningCLI's args parameter is inte
 def peak_flops(args, device: torch.device) -> tuple[float | None, str]:
     if args.peak_flops:
         return args.peak_flops, "--peak_flops"
-    return gpu.peak_flops(device, default_precision(device.type))
+    return gpu.peak_flops(device, pick(device.type).precision)
 
 
 def describe(device: torch.device) -> str:
@@ -77,11 +82,10 @@ def describe(device: torch.device) -> str:
         name, cap = torch.cuda.get_device_name(device), "%d.%d" % torch.cuda.get_device_capability(device)
     else:
         name, cap = "CPU", "none"
-    precision = default_precision(device.type)
-    smoke = "; --smoke trains in 32-true" if device.type == "cpu" else ""
+    chosen = pick(device.type)
     return (f"device: {name}; compute capability {cap}; torch {torch.__version__}, "
             f"CUDA {torch.version.cuda or 'none'}, cuDNN {torch.backends.cudnn.version() or 'none'}\n"
-            f"precision: {precision} (what trainer.precision: null picks here{smoke})")
+            f"precision: {chosen.precision} ({chosen.reason}; what trainer.precision: null picks here)")
 
 
 def probe_model(smoke: bool, device: torch.device) -> TinyStoriesLM:
@@ -127,7 +131,7 @@ def fit_options(args, steps: int, out: Path, peak: float | None, smoke_options: 
     options = [
         "--trainer.default_root_dir", str(out), "--trainer.devices", "1", "--trainer.max_epochs", "-1",
         "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
-        "--trainer.log_every_n_steps", str(args.log_every), "--last_checkpoint.every_n_train_steps", "0",
+        "--trainer.log_every_n_steps", str(args.log_every),
         "--data.dataset", args.dataset, "--data.tokenizer", args.tokenizer, "--data.train_split", args.train_split,
     ]
     if peak:
@@ -167,7 +171,7 @@ def run(name: str, config: Path, steps: int, smoke_options: list[str], args, dev
 
 
 def report(r: dict, log_every: int) -> None:
-    print(f"\n{r['name']}: {r['steps']} steps of {r['batch']} tokens in {r['wall']:.0f} s (start-up and validation "
+    print(f"{r['name']}: {r['steps']} steps of {r['batch']} tokens in {r['wall']:.0f} s (start-up and validation "
           f"included)")
     print(f"  real tokens/s: {r['tokens_s']:,.0f} (median of {r['windows'] - 1} windows of {log_every} steps after "
           f"the first)")
@@ -176,7 +180,7 @@ def report(r: dict, log_every: int) -> None:
           f"{r['first'] - r['steady']:.1f} s of compiling and start-up")
     print(f"  peak memory: {r['memory']}")
     print(f"  val/bpb: {r['val_bpb']:.4f}")
-    print(f"  last checkpoint: {r['last_ckpt']}")
+    print(f"  last checkpoint: {r['last_ckpt']}", flush=True)
 
 
 def generate_and_export(ckpt: Path, out_dir: Path, device: torch.device, max_new_tokens: int) -> None:
@@ -231,18 +235,29 @@ def main() -> None:
                          "tiny version (benchmarks/throughput.py compares the two trainings on a CPU)")
     start = time.perf_counter()
     print(describe(device), flush=True)
-    dtype = torch.float16 if default_precision(device.type) == "16-mixed" else torch.bfloat16
+    dtype = torch.float16 if pick(device.type).precision == "16-mixed" else torch.bfloat16
     print(attention_probe(probe_model(args.smoke, device), device, dtype), flush=True)
     print(f"out_dir: {args.out_dir}")
-    results = [run(name, config, args.steps if name.startswith("(a)") else args.recipe_steps, smoke, args, device)
-               for name, (config, smoke) in RUNS.items()]
-    for result in results:
-        report(result, args.log_every)
-    fast, recipe = results
-    print(f"\nratio={fast['tokens_s'] / recipe['tokens_s']:.2f} (real tokens/s, (a) fast config / (b) recipe settings)")
-    print(f"\n=== {fast['name']}: stories from {fast['last_ckpt'].name}, then export")
-    generate_and_export(fast["last_ckpt"], args.out_dir, device, 24 if args.smoke else 120)
+    results, failed = {}, []
+    for name, (config, smoke) in RUNS.items():
+        try:
+            results[name] = run(name, config, args.steps if name.startswith("(a)") else args.recipe_steps, smoke,
+                                args, device)
+        except Exception as err:  # UserError too  # the next config still runs: one check shows every failure
+            failed.append(name)
+            print(f"\n{name}: FAILED: {type(err).__name__}: {err}", flush=True)
+            continue
+        report(results[name], args.log_every)
+    fast, recipe = results.get("(a) fast"), results.get("(b) recipe")
+    if fast and recipe:
+        print(f"\nratio={fast['tokens_s'] / recipe['tokens_s']:.2f} (real tokens/s, (a) fast config / (b) recipe "
+              "settings)")
+    if fast:
+        print(f"\n=== {fast['name']}: stories from {fast['last_ckpt'].name}, then export")
+        generate_and_export(fast["last_ckpt"], args.out_dir, device, 24 if args.smoke else 120)
     print(f"\ngpu_check took {time.perf_counter() - start:.0f} s; runs, checkpoints and the export are in {args.out_dir}")
+    if failed:
+        raise SystemExit(f"error: {' and '.join(failed)} failed (above)")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ much sooner does the fast config reach the recipe's final held-out loss?
     left padding (pad = `<unk>`); `TrainingArguments` with batch 4, lr 1e-4, cosine, 2 epochs, seed 3407 and the
     defaults for everything else (AdamW eps 1e-8, no weight decay, no warmup, `max_grad_norm=1.0`).
 (b) The port: `python -m tinystories fit --config configs/tinystories-20m.yaml` through the project's CLI (in this
-    process), 2 epochs, in (a)'s precision (fp32).
+    process), 2 epochs, in (a)'s precision (fp32). Where `trainer.precision: null` picks bf16-mixed on this CPU, the
+    port runs a second time as shipped, in bf16-mixed: (b2), with a fidelity of its own.
 (c) The fast config, `configs/tinystories-20m-fast.yaml` sized for a 2-core CPU (as benchmarks/throughput.py sizes
-    it): every run complete, warmup to decay, with its token budget given in advance. Budgets are searched (at most
+    it), at the precision `null` picks on this CPU: every run complete, warmup to decay, with its token budget given in advance. Budgets are searched (at most
     `--tries` runs) for the shortest whose run ends at or below (a)'s final held-out loss; that run is reported.
 
 All start from the same initial weights (the recipe's model at seed 3407). Held-out loss is measured the same way for
@@ -21,8 +22,8 @@ never trained on), left-padded, fp32, nats per real token with the LLaMA-2 token
 evenly spaced steps up to the last. Training wall time runs from the start of the first step to the end of the last,
 data loading and optimizer included; tokenizing the stories before training is not in it.
 
-Prints each arm's real tokens, steps, training wall time, real tokens/s, final held-out loss and bits per byte, then
-`fidelity=X` ((b)'s final held-out loss / (a)'s) and `time_ratio=Y` ((a)'s training wall time / (c)'s). Writes
+The first line prints the CPU class and the precision `null` picks on it. Prints each arm's real tokens, steps, training wall time, real tokens/s, final held-out loss and bits per byte, then
+`fidelity=X` ((b)'s final held-out loss / (a)'s; `fidelity_bf16=` for (b2)) and `time_ratio=Y` ((a)'s training wall time / (c)'s). Writes
 `curves.json` (every point of every run: tokens, seconds, held-out loss) and `curves.png` to `--out`, and keeps (c)'s
 final checkpoint there as `fast.ckpt`.
 """
@@ -38,13 +39,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import CONFIGS, LLAMA_TOKENIZER, TINYSTORIES, load_config, local
+from common import CONFIGS, LLAMA_TOKENIZER, TINYSTORIES, load_config, local, machine
 from lightning.pytorch import Callback
 
 from tinystories.attention import ATTENTION
 from tinystories.cli import cli_main
 from tinystories.data import collate, tokenize_batch
 from tinystories.model import TinyStoriesLM
+from tinystories.precision import pick
 from tinystories.sources import load_split
 from tinystories.tokenizer import load_tokenizer, token_bytes
 from throughput import SEED, recipe_model  # the recipe's model at seed 3407: every arm's initial weights
@@ -52,9 +54,9 @@ from throughput import SEED, recipe_model  # the recipe's model at seed 3407: ev
 RECIPE = CONFIGS / "tinystories-20m.yaml"
 FAST = CONFIGS / "tinystories-20m-fast.yaml"
 # The fast config sized for a 2-core CPU, as benchmarks/throughput.py sizes it: a CPU-sized batch and learning rates
-# for it, no torch.compile.
+# for it, no torch.compile; the config's own precision (null: picked for this CPU).
 FAST_CPU = [
-    "--trainer.precision", "bf16-mixed", "--data.batch_size", "8", "--data.num_workers", "0",
+    "--data.batch_size", "8", "--data.num_workers", "0",
     "--model.compile", "false", "--model.optimization.muon_learning_rate", "0.006",
     "--model.optimization.learning_rate", "0.003", "--model.optimization.warmup_steps", "10",
 ]
@@ -211,11 +213,14 @@ def run_fit(args, config: Path, options: list[str], recipe: dict, tokenizer, hel
     return measure.clock.result(name)
 
 
-def run_port(args, recipe, tokenizer, held_out, out: Path) -> dict:
-    options = ["--trainer.precision", "32-true", "--data.num_workers", "0"]
+def run_port(args, recipe, tokenizer, held_out, out: Path, precision: str = "32-true") -> dict:
+    """(b) in (a)'s fp32; (b2) as shipped, at the precision null picks here."""
+    options = ["--data.num_workers", "0"] + (["--trainer.precision", "32-true"] if precision == "32-true" else [])
     if args.max_steps:
         options += ["--trainer.max_steps", str(args.max_steps)]
-    return run_fit(args, RECIPE, options, recipe, tokenizer, held_out, out, "(b) port: configs/tinystories-20m.yaml")
+    name = "(b) port" if precision == "32-true" else "(b2) port as shipped"
+    return run_fit(args, RECIPE, options, recipe, tokenizer, held_out, out,
+                   f"{name}: configs/tinystories-20m.yaml, {precision}")
 
 
 def run_fast(args, recipe, tokenizer, held_out, out: Path, budget: int, keep: Path) -> dict:
@@ -269,7 +274,7 @@ def plot(runs: dict, target: float, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    for (label, run), color in zip(runs.items(), ("tab:blue", "tab:orange", "tab:green")):
+    for (label, run), color in zip(runs.items(), ("tab:blue", "tab:orange", "tab:purple", "tab:green")):
         for ax, key, scale in ((axes[0], "seconds", 1 / 60), (axes[1], "tokens", 1e-6)):
             ax.plot([p[key] * scale for p in run["curve"]], [p["loss"] for p in run["curve"]], "o-", ms=3,
                     color=color, label=f"{label} ({run['tok_s']:,.0f} tokens/s)")
@@ -310,6 +315,8 @@ def main() -> None:
         raise SystemExit(f"error: --out {out} is not empty; give a new folder (nothing in it is overwritten)")
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    print(machine(), flush=True)
+    resolved = pick("cpu").precision
     recipe = load_config(RECIPE)
     tokenizer = load_tokenizer(args.tokenizer)
     train = load_split(args.data, f"train[:{args.stories}]")
@@ -329,24 +336,35 @@ def main() -> None:
         print("\n(b) the port", flush=True)
         b = results["runs"]["b"] = run_port(args, recipe, tokenizer, held_out, Path(tmp) / "b")
         save()
+        if resolved != "32-true":
+            print(f"\n(b2) the port as shipped, {resolved}", flush=True)
+            results["runs"]["b2"] = run_port(args, recipe, tokenizer, held_out, Path(tmp) / "b2", resolved)
+            save()
         c, tries = search_fast(args, recipe, tokenizer, held_out, Path(tmp), a["loss"], a["tokens"])
         results["runs"]["c"], results["fast_tries"] = c, tries
         os.replace(Path(tmp) / "fast.ckpt", out / "fast.ckpt")
     results["fidelity"], results["time_ratio"] = b["loss"] / a["loss"], a["seconds"] / c["seconds"]
+    b2 = results["runs"].get("b2")
+    if b2:
+        results["fidelity_bf16"] = b2["loss"] / a["loss"]
     results["cpu_time_ratio"] = a["cpu_seconds"] / c["cpu_seconds"]
     save()
     print()
-    for run in (a, b, c):
-        print(report(run))
+    for run in (a, b, b2, c):
+        if run:
+            print(report(run))
     print("(c) budgets tried: " + ", ".join(f"{r['tokens']:,} tokens -> {r['loss']:.4f} in {r['seconds']:.0f} s"
                                             for r in tries))
     if not c.get("passed"):
         print(f"(c) did not reach (a)'s final loss {a['loss']:.4f} in {len(tries)} tries: its best run is reported")
-    plot({"(a) recipe": a, "(b) port": b, "(c) fast": c}, a["loss"], out / "curves.png",
+    plot({"(a) recipe": a, "(b) port": b, **({"(b2) port, bf16-mixed": b2} if b2 else {}), "(c) fast": c},
+         a["loss"], out / "curves.png",
          f"19.5M LLaMA, {len(train):,} TinyStories stories, held-out loss on {held_out.stories} stories; "
          f"{os.cpu_count()}-core CPU, {torch.get_num_threads()} threads")
     print(f"wrote {out / 'curves.json'}, {out / 'curves.png'}, {out / 'fast.ckpt'}")
     print(f"fidelity={results['fidelity']:.4f}")
+    if b2:
+        print(f"fidelity_bf16={results['fidelity_bf16']:.4f}")
     print(f"time_ratio={results['time_ratio']:.2f}")
     print(f"cpu_time_ratio={results['cpu_time_ratio']:.2f}")
 

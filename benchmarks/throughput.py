@@ -9,7 +9,8 @@
 with left padding, its batch size, AdamW with its learning rate, betas, weight decay and schedule, fp32, the
 `Trainer`'s defaults otherwise.
 (b) `python -m tinystories fit --config configs/tinystories-20m-fast.yaml` with the CPU-sized settings below
-(`--ours`), run through the project's CLI in this process, for the same number of real (non-pad) tokens.
+(`--ours`), run through the project's CLI in this process, for the same number of real (non-pad) tokens, at the
+precision `trainer.precision: null` picks on this CPU (the first line prints the CPU class and that pick).
 
 Both start from the same initial weights (the recipe's model at seed 3407). Throughput is real tokens over the wall
 time from the end of the warm-up steps to the end of the last step (data loading and optimizer included). The loss
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import CONFIGS, LLAMA_TOKENIZER, TINYSTORIES, architecture, load_config, local, optimization
+from common import CONFIGS, LLAMA_TOKENIZER, TINYSTORIES, architecture, load_config, local, machine, optimization
 from lightning.pytorch import Callback
 
 from tinystories.cli import cli_main
@@ -40,9 +41,10 @@ SEED = 3407
 WARMUP = 3  # steps left out of the timing: allocator and oneDNN warm-up
 RECIPE = CONFIGS / "tinystories-20m.yaml"
 FAST = CONFIGS / "tinystories-20m-fast.yaml"  # packing in blocks of 512, bf16, Muon
-# The fast config sized for a 2-core CPU: a CPU-sized batch and learning rates for it, no torch.compile.
+# The fast config sized for a 2-core CPU: a CPU-sized batch and learning rates for it, no torch.compile; its
+# precision is the config's own (null: picked for this CPU).
 OURS = [
-    "--trainer.precision", "bf16-mixed", "--data.batch_size", "8", "--data.num_workers", "0",
+    "--data.batch_size", "8", "--data.num_workers", "0",
     "--model.compile", "false", "--model.optimization.muon_learning_rate", "0.006",
     "--model.optimization.learning_rate", "0.003", "--model.optimization.warmup_steps", "10",
 ]
@@ -177,6 +179,7 @@ def main() -> None:
         local(path)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     recipe = load_config(RECIPE)
+    print(machine(), flush=True)
     print(f"torch threads: {torch.get_num_threads()}; ours: {' '.join(args.ours)}")
     tokenizer = load_tokenizer(args.tokenizer)
     train, valid = load_split(args.data, "train"), load_split(args.data, f"validation[:{args.num_valid}]")

@@ -1,6 +1,7 @@
 """The benchmarks' `--smoke` runs, in the suite.
 
-`benchmarks/gpu_check.py --smoke`: the first-GPU check's whole path (two fits, stories, export) on a CPU; it needs
+`benchmarks/gpu_check.py --smoke`: the first-GPU check's whole path (two fits, stories, export) on a CPU at the
+precision `null` picks there; it needs
 nothing from ../shared (synthetic stories and a BPE the data module trains on them). `benchmarks/recipe.py --smoke`:
 the recipe, the port and the fast config's budget search for a few steps each, on ../shared's stories.
 """
@@ -30,9 +31,12 @@ def test_gpu_check_smoke(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert re.search(r"^device: CPU; compute capability none; torch \S+, CUDA \S+, cuDNN \S+$", out, re.M), out
-    assert re.search(r"^precision: (bf16-mixed|32-true) \(", out, re.M), out
+    assert re.search(r"^precision: (bf16-mixed|32-true) \(CPU .*; what trainer.precision: null picks here\)$", out,
+                     re.M), out
     assert re.search(r"^attention: no NaN or inf in outputs, loss or gradients \(left-padded bfloat16 .* lengths 448 "
                      r"and 512", out, re.M), out
+    # each run's figures as soon as it ends: the recipe's before the fast run starts, not lost if that one fails
+    assert out.index("\n(b) recipe: ") < out.index("\n=== (a) fast: ") < out.index("\n(a) fast: ")
     for run in ("(a) fast", "(b) recipe"):
         report = out[out.index(f"\n{run}: "):]
         assert re.search(r"real tokens/s: [\d,]+ \(median", report), report

@@ -114,21 +114,56 @@ def test_compiled_chunks_run_on_cuda_with_triton_only(monkeypatch):
     assert not loss.compiled_chunks(torch.device("cuda"))
 
 
+@pytest.mark.parametrize("rows, vocab, plan", [
+    (1200, 32000, [2048]),                   # the recipe's ~1,200 real rows: not padded up to 4,096
+    (4096, 4096, [4096]),                    # the demo's 8 x 512 rows: not padded up to 32,768
+    (4096, 1510, [4096]),                    # the synthetic stories' vocabulary: not 88,832
+    (65536 + 300, 32000, [4096] * 16 + [512]),  # the fast config's batch and a little more
+    (100, 32000, [256]),                     # at least 256 rows
+])
+def test_compiled_chunks_are_sized_to_the_batch(rows, vocab, plan):
+    assert loss.compiled_plan(rows, torch.device("cuda"), vocab) == plan
+
+
+def test_compiled_chunks_follow_the_models_compile(monkeypatch):
+    """The compiled loss head runs only where the model's layers are compiled: never with `model.compile: false` (or
+    when `configure_model` found compiling blocked), even where the device could compile."""
+    from tests.conftest import tiny_model
+
+    shapes = []
+
+    def recording(fn):  # stands in for torch.compile: records the fixed shapes it is given, runs eager
+        def run(h, *args):
+            shapes.append(tuple(h.shape))
+            return fn(h, *args)
+        return run
+
+    monkeypatch.setattr(loss, "compiled_chunks", lambda device: True)  # as on CUDA with Triton
+    monkeypatch.setattr(loss, "_compiled", recording)
+    ids = torch.randint(3, 300, (2, 9))
+    batch = {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids), "padded": False}
+    lm = tiny_model()
+    lm.nats(batch)[0].backward()
+    assert shapes == []
+    lm.compiled = True  # what configure_model sets once the layers are compiled
+    lm.nats(batch)[0].backward()
+    assert shapes == [(32, 32)]  # 18 rows in one fixed chunk of 32 (the sizes reach below 256 rows on the CPU)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not __import__("tinystories.model").model.cpp_compiler(), reason="torch.compile on a CPU needs g++")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_chunks_equal_the_plain_head(monkeypatch, dtype):
     """The GPU path (fixed-shape compiled chunks, the last one padded), run on the CPU, against the plain head."""
     monkeypatch.setattr(loss, "compiled_chunks", lambda device: True)
-    monkeypatch.setitem(loss.CHUNK_ELEMENTS, "cpu", 4000)  # 300-class rows: 13 rows a chunk, 135 rows end ragged
+    monkeypatch.setitem(loss.CHUNK_ELEMENTS, "cpu", 4000)  # 300-class rows: 8 rows a chunk, 135 rows end ragged
     monkeypatch.setitem(loss.MIN_ROWS, "cpu", 1)
     hidden, weight, targets = inputs(vocab=300, d=64)
     weights = torch.rand(targets.shape) * 3
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        got = grads(lambda h, w, t: linear_cross_entropy(h, w, t, weights), hidden, weight, targets)
+        got = grads(lambda h, w, t: linear_cross_entropy(h, w, t, weights, compiled=True), hidden, weight, targets)
         with torch.no_grad():
-            no_grad = linear_cross_entropy(hidden, weight, targets, weights)
-        monkeypatch.setattr(loss, "compiled_chunks", lambda device: False)
+            no_grad = linear_cross_entropy(hidden, weight, targets, weights, compiled=True)
         expected = grads(lambda h, w, t: linear_cross_entropy(h, w, t, weights), hidden, weight, targets)
     torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-3)
     torch.testing.assert_close(no_grad, expected[0], rtol=1e-5, atol=1e-3)

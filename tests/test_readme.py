@@ -2,7 +2,9 @@
 folder, offline, on tiny settings; each command that reads a run finds the one the README made for it.
 
 What is changed, and only that: data sources and tokenizers become local tiny ones (the hub cannot be reached from a
-test), the judge is the test's own server, the hub upload a fake, and tiny model and step overrides are appended. A
+test), the judge is the test's own server, the hub upload a fake, and tiny model and step overrides are appended.
+The precision is each config's own (`null`: what this CPU gets); tests/test_shipped_configs.py runs every config as
+shipped. A
 command the test cannot run here (several devices) is listed, not silently dropped.
 """
 
@@ -25,7 +27,7 @@ README = ROOT / "README.md"
 RUN_PATH = re.compile(r"^lightning_logs/([^/]+)/")
 FIT = [*TINY_MODEL, "--trainer.max_steps", "4", "--trainer.val_check_interval", "2",
        "--trainer.check_val_every_n_epoch", "null", "--trainer.max_time", "null", "--trainer.accelerator", "cpu",
-       "--trainer.precision", "32-true", "--trainer.enable_progress_bar", "false",
+       "--trainer.enable_progress_bar", "false",
        "--trainer.enable_model_summary", "false", "--model.compile", "false", "--data.synthetic_stories", "300",
        "--data.tokenizer_vocab_size", "300", "--data.max_length", "64", "--data.batch_size", "4",
        "--samples.prompts", "[]", "--last_checkpoint.every_n_train_steps", "2"]

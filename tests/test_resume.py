@@ -22,6 +22,7 @@ from tests.helpers import read_records
 from tinystories.checkpoint import AtomicCheckpointIO
 from tinystories.cli import cli_main
 from tinystories.data import TinyStoriesData
+from tinystories.errors import UserError
 from tinystories.sampling import ResumableSampler
 
 STORIES = 88  # batches of 8: 11 per epoch on one process, 6 per rank on two
@@ -92,6 +93,32 @@ def test_last_ckpt_every_n_steps_between_validations(tmp_path, tiny_tokenizer_di
     names = sorted(p.name for p in folder.iterdir())
     assert len(names) == 3 and "last.ckpt" in names  # 2 best by val/loss (steps 5 and 7) + last; no last-v1.ckpt
     assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 7
+
+
+
+@pytest.mark.slow
+def test_last_ckpt_every_n_minutes_of_training(tmp_path, tiny_tokenizer_dir, monkeypatch):
+    """`last_checkpoint.every_minutes`: the GPU configs' cadence, by the clock (here a fake one: 20 s a step)."""
+    import tinystories.callbacks as callbacks
+
+    saved, save = [], AtomicCheckpointIO.save_checkpoint
+    clock = {"now": 1000.0}
+
+    def recorded(self, checkpoint, path, storage_options=None):
+        saved.append((os.path.basename(path), checkpoint["global_step"]))
+        return save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", recorded)
+    monkeypatch.setattr(callbacks, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(callbacks.PeriodicCheckpoint, "on_train_batch_start",
+                        lambda self, *args: clock.update(now=clock["now"] + 20), raising=False)
+    cli_main(fit_args(tmp_path, tiny_tokenizer_dir, "--trainer.max_steps", "10", "--trainer.val_check_interval", "5",
+                      "--trainer.check_val_every_n_epoch", "null", "--last_checkpoint.every_minutes", "1"))
+    last_steps = sorted({step for name, step in saved if name == "last.ckpt"})
+    # a minute after the start (step 3), after the validation at 5 (which restarts the minute), then at 8, and the end
+    assert last_steps == [3, 5, 8, 10], saved
+    with pytest.raises(UserError, match="last_checkpoint.every_minutes is 0.0; it must be positive"):
+        cli_main(fit_args(tmp_path / "bad", tiny_tokenizer_dir, "--last_checkpoint.every_minutes", "0"))
 
 
 def run_env() -> dict:

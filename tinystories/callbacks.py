@@ -15,6 +15,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from time import monotonic
 from typing import Literal, Optional
 
 import torch
@@ -316,23 +317,50 @@ class StopOnNonFiniteLoss(Callback):
 
 
 class PeriodicCheckpoint(ModelCheckpoint):
-    """Write `last.ckpt` every `every_n_train_steps` optimizer steps, validated or not, so a crash loses at most that
-    many steps (`last_checkpoint:` in the YAML).
+    """Write `last.ckpt` every `every_n_train_steps` optimizer steps, or every `every_minutes` of training, validated
+    or not, so a crash loses at most that much (`last_checkpoint:` in the YAML).
 
     The `checkpoint` group keeps the best by `val/loss`, which exists only after a validation; this one keeps no top-k
     and monitors nothing, so a step save never ranks a stale metric. Both write the same `last.ckpt` (neither adds a
     `-v1` suffix), so it is always the newest checkpoint of the run.
     """
 
-    def __init__(self, every_n_train_steps: int = 0, dirpath: Optional[str] = None):
+    def __init__(self, every_n_train_steps: int = 0, every_minutes: Optional[float] = None,
+                 dirpath: Optional[str] = None):
         """
         Args:
             every_n_train_steps: Write `last.ckpt` after every this many optimizer steps; 0 turns it off (then it is
                 written only after validations).
+            every_minutes: Write `last.ckpt` once this many minutes of training have passed since the last write:
+                the same cadence on a GPU and a CPU. Under DDP rank 0's clock decides, read every
+                `trainer.log_every_n_steps` steps (no collective at each step).
             dirpath: Folder of `last.ckpt`: linked from `checkpoint.dirpath` by the CLI.
         """
+        if every_minutes is not None and every_minutes <= 0:
+            raise UserError(f"last_checkpoint.every_minutes is {every_minutes}; it must be positive, or null")
         super().__init__(dirpath=dirpath, monitor=None, save_top_k=0, save_last=True, enable_version_counter=False,
                          every_n_train_steps=every_n_train_steps, every_n_epochs=0)
+        self.every_minutes = every_minutes
+        self.written_at: Optional[float] = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.written_at = monotonic()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.every_minutes is None or self._should_skip_saving_checkpoint(trainer):
+            return
+        if trainer.world_size > 1 and trainer.global_step % trainer.log_every_n_steps:
+            return
+        due = monotonic() - self.written_at >= self.every_minutes * 60
+        if trainer.world_size > 1:
+            due = trainer.strategy.broadcast(due)
+        if due:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        self.written_at = monotonic()  # a validation's last.ckpt counts too
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # ModelCheckpoint writes last.ckpt here when it has written none, e.g. a run shorter than N steps, after the

@@ -18,14 +18,14 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-import torch
 from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities import rank_zero_only
 
-from tinystories import checks, gpu
+from tinystories import checks, precision
 from tinystories.callbacks import (PeriodicCheckpoint, ReuseFreedMemory, SampleStories, StepProgressBar,
                                    StopOnNonFiniteLoss, Throughput, ValidateAtEnd)
 from tinystories.checkpoint import AtomicCheckpointIO
@@ -39,8 +39,6 @@ PROG = "python -m tinystories"
 LIGHTNING_VERBS = ("fit", "validate", "test")
 LOGS = "lightning_logs"  # the default logger's folder under trainer.default_root_dir
 RUN_NAME = re.compile(r"[A-Za-z0-9][\w.-]*")
-# bf16-mixed where a CPU has bf16 matrix units (AMX): 1.7x faster training steps there (docs/performance.md).
-CPU_BF16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 # Callbacks added without a group of options; with the groups below, what `disable_callbacks` can name.
 PLAIN_CALLBACKS = {"validate_at_end": ValidateAtEnd, "reuse_freed_memory": ReuseFreedMemory,
                    "progress_bar": StepProgressBar}
@@ -50,15 +48,6 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 warnings.filterwarnings("ignore", message="Precision bf16-mixed is not supported by the model summary")
 # Lightning looks for the loader's position in the loader itself; ours is in the data module's state (sampling.py).
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
-
-
-def default_precision(accelerator: str) -> str:
-    """`trainer.precision: null`: bf16-mixed on GPUs with native bf16 (sm80+), 16-mixed on older ones (T4, V100), else
-    bf16-mixed on CPUs with bf16 units, 32-true elsewhere. The GPU's capability comes from NVML (`gpu.capability`),
-    so this process does not start CUDA and Lightning's `ddp_fork` children (notebooks, several GPUs) still can."""
-    if accelerator in ("auto", "gpu", "cuda") and (cap := gpu.capability()) is not None:
-        return gpu.precision_for(cap)
-    return "bf16-mixed" if CPU_BF16 else "32-true"
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -177,8 +166,6 @@ class TinyStoriesCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.trainer.precision is None:
-            config.trainer.precision = default_precision(str(config.trainer.accelerator))
         if config.model.get("init_from"):  # fails here, with its own option's name, before anything reads it
             checks.init_from(config.model.init_from)
             if config.data.tokenizer is None:  # fine-tuning keeps the pretrained model's tokenizer
@@ -202,6 +189,11 @@ class TinyStoriesCLI(LightningCLI):
         for name, callback in PLAIN_CALLBACKS.items():
             if name not in off and not (name == "progress_bar" and no_bar):
                 callbacks.insert(0, callback())
+        if trainer_config.get("precision") is None:  # resolved here, so the saved config.yaml keeps null
+            arch = self.model.model.config
+            chosen = precision.pick(str(trainer_config.get("accelerator")), arch.hidden_size, arch.intermediate_size)
+            trainer_config["precision"] = chosen.precision
+            rank_zero_only(print)(f"precision: {chosen.precision} ({chosen.reason})")
         if not trainer_config.get("plugins"):
             trainer_config["plugins"] = [AtomicCheckpointIO()]
         run = self._get(self.config_init, "run")
@@ -218,7 +210,10 @@ class TinyStoriesCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if trainer_config.get("logger") is False:  # and a learning-rate monitor without a logger
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-        return self._instantiate_trainer(trainer_config, callbacks)
+        trainer = self._instantiate_trainer(trainer_config, callbacks)
+        if trainer.logger is not None:  # hparams.yaml and TensorBoard's hparams: the precision this run resolved to
+            trainer.logger.log_hyperparams({"trainer.precision": trainer_config["precision"]})
+        return trainer
 
     def before_fit(self) -> None:
         config = self.config_init[self.subcommand]

@@ -26,8 +26,9 @@ OPTIONS = {
     "weights_only": "Read --ckpt_path with torch.load(weights_only=True), so nothing in it is executed; null (the "
                     "default) means true here. Set false only for a checkpoint you trust that holds pickled objects.",
     "trainer.precision": "Numerical precision: 32-true, bf16-mixed, 16-mixed, bf16-true, 16-true or 64-true. Null "
-                         "(the default) picks one for the hardware: bf16-mixed on a GPU or CPU with bf16 support, "
-                         "else 16-mixed on a GPU or 32-true on a CPU.",
+                         "(the default) picks one for the hardware and fit prints which and why: bf16-mixed on a GPU "
+                         "from sm80, 16-mixed on older ones; on a CPU bf16-mixed where bf16 is fast (AMX, or AVX-512 "
+                         "bf16 where a short probe measures it), else 32-true. The saved config.yaml keeps null.",
     "checkpoint.dirpath": "Folder for the checkpoints (the best by val/loss and last.ckpt); null: checkpoints/ in the "
                           "run's folder (lightning_logs/RUN or lightning_logs/version_N).",
     "checkpoint.filename": "Name of the best checkpoints, metrics filled in: the default writes "

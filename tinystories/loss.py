@@ -14,10 +14,13 @@ weight's dtype; the softmax and the loss are fp32, as autocast computes `cross_e
 
 On a GPU the chunk between the products is memory-bound: in eager PyTorch each chunk writes its logits, an fp32
 copy of the probabilities and then their low-precision copy, and reads each back (about 26 bytes a logit; at a 32k
-vocabulary and 65,536 tokens a step, tens of GB a step). Where Triton is there (`compiled_chunks`), that part is one
-compiled function of fixed shape (the last chunk padded), which Inductor fuses into a reduction and one pointwise
-kernel: the logits are written once in the compute dtype, read twice, and the gradient written once in it (about
-14 bytes a logit), with no fp32 copy. The CPU keeps the eager chunks, sized for its caches and measured faster.
+vocabulary and 65,536 tokens a step, tens of GB a step). Where the model's layers are compiled on CUDA
+(`model.compile`, with Triton and a C compiler: `compiled=True` here), that part is one compiled function of fixed
+shape, which Inductor fuses into a reduction and one pointwise kernel: the logits are written once in the compute
+dtype, read twice, and the gradient written once in it (about 14 bytes a logit), with no fp32 copy. Its chunks take a
+few fixed sizes (`compiled_plan`: powers of two up to 2^27 logits), so a batch smaller than the largest is padded by
+less than its own size, and each size compiles once. The CPU keeps the eager chunks, sized for its caches and
+measured faster.
 """
 
 from functools import lru_cache
@@ -51,8 +54,25 @@ def chunk_rows(device: torch.device, vocab_size: int) -> tuple[int, int]:
 
 
 def compiled_chunks(device: torch.device) -> bool:
-    """Whether chunks run compiled: on CUDA with Triton (which `torch.compile` needs there); never on the CPU."""
+    """Whether compiled chunks can run on `device`: on CUDA with Triton (which `torch.compile` needs there); never on
+    the CPU. `linear_cross_entropy` uses them only when asked to (`compiled=True`: the model's layers are compiled)."""
     return device.type == "cuda" and _has_triton()
+
+
+def compiled_plan(n: int, device: torch.device, vocab_size: int) -> list[int]:
+    """Row counts of the compiled chunks that cover `n` rows: whole chunks of the largest size, then the smallest size
+    that holds the rest. Sizes are powers of two from the largest (`CHUNK_ELEMENTS` logits) down to `ROW_MULTIPLE`
+    rows: 4,096 to 256 rows at a 32k vocabulary, so 1,200 rows run as one chunk of 2,048."""
+    kind = device.type if device.type in CHUNK_ELEMENTS else "default"
+    largest = 1 << (max(CHUNK_ELEMENTS[kind] // vocab_size, 1).bit_length() - 1)
+    smallest = min(largest, ROW_MULTIPLE[kind])
+    plan, rest = [largest] * (n // largest), n % largest
+    if rest:
+        size = largest
+        while size // 2 >= max(rest, smallest):
+            size //= 2
+        plan.append(size)
+    return plan
 
 
 @lru_cache(maxsize=None)
@@ -87,47 +107,55 @@ def _compiled(fn):
     return torch.compile(fn, dynamic=False, fullgraph=True)
 
 
-def _padded(n: int, rows: int, *tensors: torch.Tensor) -> list[torch.Tensor]:
-    """`tensors` (first dimension n) padded with zeros to a whole number of `rows`: every chunk the same shape."""
-    extra = -n % rows
-    return [F.pad(t, (0, 0) * (t.dim() - 1) + (0, extra)) if extra else t for t in tensors]
+def _padded(total: int, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """`tensors` padded with zeros along their first dimension to `total` rows."""
+    return [F.pad(t, (0, 0) * (t.dim() - 1) + (0, total - t.shape[0])) if total > t.shape[0] else t
+            for t in tensors]
+
+
+def _chunks(plan: list[int]):
+    start = 0
+    for rows in plan:
+        yield start, start + rows
+        start += rows
 
 
 def _compiled_loss_only(h, w, targets, weights) -> torch.Tensor:
-    n, rows = h.shape[0], chunk_rows(h.device, w.shape[0])[0]
+    plan = compiled_plan(h.shape[0], h.device, w.shape[0])
     valid = targets != IGNORE_INDEX
     scale = valid.float() if weights is None else weights.where(valid, 0)
-    h, index, scale = _padded(n, rows, h, targets.where(valid, 0), scale)
+    h, index, scale = _padded(sum(plan), h, targets.where(valid, 0), scale)
     chunk = _compiled(_chunk_loss)
     total = torch.zeros((), dtype=torch.float32, device=h.device)
-    for start in range(0, h.shape[0], rows):
-        total += chunk(h[start:start + rows], w, index[start:start + rows], scale[start:start + rows])
+    for start, end in _chunks(plan):
+        total += chunk(h[start:end], w, index[start:end], scale[start:end])
     return total
 
 
 def _compiled_forward(h, w, targets, weights) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed nats and the gradients of `h` and `w` (fp32), chunk by compiled chunk."""
-    n, (rows, _) = h.shape[0], chunk_rows(h.device, w.shape[0])
+    n, plan = h.shape[0], compiled_plan(h.shape[0], h.device, w.shape[0])
     valid = targets != IGNORE_INDEX
     scale = valid.float() if weights is None else weights.where(valid, 0)
-    h_pad, index, scale = _padded(n, rows, h, targets.where(valid, 0), scale)
+    h_pad, index, scale = _padded(sum(plan), h, targets.where(valid, 0), scale)
     chunk = _compiled(_chunk_loss_and_grad)
     grad_h = torch.empty_like(h_pad)
     grad_w = torch.zeros(w.shape, dtype=torch.float32, device=h.device)
     total = torch.zeros((), dtype=torch.float32, device=h.device)
-    for start in range(0, h_pad.shape[0], rows):
-        h_chunk = h_pad[start:start + rows]
-        nats, grad_logits = chunk(h_chunk, w, index[start:start + rows], scale[start:start + rows])
+    for start, end in _chunks(plan):
+        h_chunk = h_pad[start:end]
+        nats, grad_logits = chunk(h_chunk, w, index[start:end], scale[start:end])
         total += nats
-        torch.mm(grad_logits, w, out=grad_h[start:start + rows])
+        torch.mm(grad_logits, w, out=grad_h[start:end])
         grad_w.add_(grad_logits.T @ h_chunk)  # ignored and padded rows have a zero gradient
     return total, grad_h[:n], grad_w
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+                         weights: Optional[torch.Tensor] = None, compiled: bool = False) -> torch.Tensor:
     """Summed cross-entropy of `hidden @ weight.T` against `targets` (`-100` is ignored), as an fp32 scalar; with
-    `weights`, each target's nats times its weight.
+    `weights`, each target's nats times its weight. `compiled`: run the chunks compiled where `compiled_chunks` says
+    they can (the model passes whether its layers are compiled).
 
     `hidden` is (..., d), `weight` (vocab, d), `targets` and `weights` the shape of `hidden` without its last
     dimension.
@@ -135,15 +163,15 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
     weights = weights.reshape(-1).float() if weights is not None else None
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return LinearCrossEntropy.apply(hidden, weight, targets, weights)
-    return _loss_only(hidden, weight, targets, weights)
+        return LinearCrossEntropy.apply(hidden, weight, targets, weights, compiled)
+    return _loss_only(hidden, weight, targets, weights, compiled)
 
 
-def _loss_only(hidden, weight, targets, weights) -> torch.Tensor:
+def _loss_only(hidden, weight, targets, weights, compiled) -> torch.Tensor:
     dtype = compute_dtype(hidden, weight)
     with torch.autocast(hidden.device.type, enabled=False):
         w, h = weight.to(dtype), hidden.to(dtype)
-        if compiled_chunks(h.device):
+        if compiled and compiled_chunks(h.device):
             return _compiled_loss_only(h, w, targets, weights)
         rows, _ = chunk_rows(hidden.device, weight.shape[0])
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -158,12 +186,12 @@ def _loss_only(hidden, weight, targets, weights) -> torch.Tensor:
 
 class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, weights):
+    def forward(ctx, hidden, weight, targets, weights, compiled):
         # No host synchronisation (no branch on tensor values): ignored rows are handled by masks, not by indexing.
         dtype = compute_dtype(hidden, weight)
         with torch.autocast(hidden.device.type, enabled=False):
             w, h = weight.to(dtype), hidden.to(dtype)
-            if compiled_chunks(h.device):
+            if compiled and compiled_chunks(h.device):
                 total, grad_h, grad_w = _compiled_forward(h, w, targets, weights)
                 ctx.save_for_backward(grad_h, grad_w)
                 ctx.dtypes = hidden.dtype, weight.dtype
@@ -207,4 +235,4 @@ class LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output):
         grad_h, grad_w = ctx.saved_tensors
         hidden_dtype, weight_dtype = ctx.dtypes
-        return grad_h.to(hidden_dtype) * grad_output, (grad_w * grad_output).to(weight_dtype), None, None
+        return grad_h.to(hidden_dtype) * grad_output, (grad_w * grad_output).to(weight_dtype), None, None, None

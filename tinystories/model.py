@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import SumMetric
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -198,7 +200,9 @@ class TinyStoriesLM(LightningModule):
         weights = batch.get("loss_weights") if weighted else None
         if weights is not None:  # a label's weight goes with it to the position that predicts it
             weights = F.pad(weights[:, 1:], (0, 1), value=1.0)
-        return (linear_cross_entropy(hidden, self.model.lm_head.weight, targets, weights),
+        # Compiled chunks only where the layers are compiled: model.compile on, and a device that can compile.
+        return (linear_cross_entropy(hidden, self.model.lm_head.weight, targets, weights,
+                                     compiled=getattr(self, "compiled", False)),
                 (targets != IGNORE_INDEX).sum())
 
     def training_step(self, batch, batch_idx):
@@ -234,9 +238,25 @@ class TinyStoriesLM(LightningModule):
     def configure_optimizers(self):
         clock = (lambda: self.time_progress) if self.timer() is not None else None
         optimizer, schedule = configure(self.model.named_parameters(), self.optimization,
-                                        self.trainer.estimated_stepping_batches, self.device, clock,
-                                        precision=str(self.trainer.precision))
+                                        self.trainer.estimated_stepping_batches, self.device, clock)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "lr"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Lightning's clipping (`trainer.gradient_clip_val`), also for a fused AdamW under mixed precision.
+
+        Lightning's `MixedPrecision.clip_gradients` refuses any optimizer that unscales inside its step
+        (`_step_supports_amp_scaling`: fused AdamW), under bf16-mixed as under 16-mixed. Clipping needs unscaled
+        gradients, so a 16-mixed scaler unscales them here first; `GradScaler.step` then hands the optimizer only
+        `found_inf` and no scale (torch/amp/grad_scaler.py), so each gradient is unscaled once. bf16-mixed has no
+        scaler: its gradients are never scaled."""
+        plugin = self.trainer.precision_plugin
+        if not (gradient_clip_val and isinstance(plugin, MixedPrecision)
+                and getattr(optimizer, "_step_supports_amp_scaling", False)):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if plugin.scaler is not None:
+            plugin.scaler.unscale_(optimizer)
+        algorithm = GradClipAlgorithmType((gradient_clip_algorithm or "norm").lower())
+        Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
 
     def timer(self) -> Optional[Timer]:
         """Lightning's `Timer` callback, which `trainer.max_time` adds (its elapsed time survives a resume)."""
@@ -263,11 +283,13 @@ class TinyStoriesLM(LightningModule):
             self.model.load_state_dict(checkpoint.weights(self.hparams.init_from, "model.init_from"), strict=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # For the model card (`export`): the latest validation metrics, and what turns steps into samples.
+        # For the model card (`export`): the latest validation metrics, what turns steps into samples, and the
+        # precision it trained in.
         trainer = self.trainer
         checkpoint["val_metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         checkpoint["train_shape"] = {"world_size": trainer.world_size,
                                      "accumulate_grad_batches": trainer.accumulate_grad_batches}
+        checkpoint["precision"] = str(trainer.precision)  # as resolved: the saved config.yaml keeps null
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())

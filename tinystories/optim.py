@@ -76,21 +76,19 @@ class Optimization:
 
 
 def configure(named_params: Iterable[tuple[str, torch.Tensor]], options: Optimization, total_steps: int,
-              device: torch.device | str = "cpu", time_progress: Optional[Callable[[], float]] = None,
-              precision: Optional[str] = None):
+              device: torch.device | str = "cpu", time_progress: Optional[Callable[[], float]] = None):
     """The optimizer and its per-step learning-rate schedule for a run of `total_steps` optimizer steps.
 
     Args:
         named_params: The model's `named_parameters()`.
         options: What `model.optimization` says.
         total_steps: The run's length in optimizer steps (Lightning's `estimated_stepping_batches`).
-        device: Where the parameters live: with `precision`, `fused_adamw` picks AdamW's kernel for it.
+        device: Where the parameters live: `fused_adamw` picks AdamW's kernel for it.
         time_progress: With `schedule_by_max_time`, a function giving the share of `trainer.max_time` spent; the
             schedule then follows whichever of steps and time is further along.
-        precision: The trainer's precision (`trainer.precision`), if known.
     """
     named = list(named_params)
-    fused = fused_adamw(device, precision)
+    fused = fused_adamw(device)
     if options.optimizer == "muon":
         optimizer = MuonWithAdamW(named, lr=options.learning_rate,
                                   muon_lr=options.muon_learning_rate or options.learning_rate, betas=options.betas,
@@ -114,15 +112,14 @@ def configure(named_params: Iterable[tuple[str, torch.Tensor]], options: Optimiz
     return optimizer, schedule
 
 
-def fused_adamw(device: torch.device | str, precision: Optional[str] = None) -> Optional[bool]:
-    """AdamW's `fused` for parameters on `device`: True (one kernel pass over each tensor instead of one per operation)
-    on a CPU, and on a GPU once the precision is known and is not `16-mixed`; else None, torch's default (foreach).
+def fused_adamw(device: torch.device | str) -> Optional[bool]:
+    """AdamW's `fused` for parameters on `device`: True on a CPU and a CUDA GPU (one kernel pass over each tensor
+    instead of one per operation), in every precision; else None, torch's default (foreach).
 
-    Under 16-mixed a fused AdamW unscales the gradients inside its step (`_step_supports_amp_scaling`), so Lightning
-    refuses gradient clipping with it (`MixedPrecision.clip_gradients`, lightning/pytorch/plugins/precision/amp.py).
+    Lightning refuses to clip the gradients of a fused optimizer under mixed precision; `TinyStoriesLM` clips them
+    itself (`configure_gradient_clipping`).
     """
-    kind = torch.device(device).type
-    return True if kind == "cpu" or (kind == "cuda" and precision is not None and precision != "16-mixed") else None
+    return True if torch.device(device).type in ("cpu", "cuda") else None
 
 
 class RankZeroClock:
