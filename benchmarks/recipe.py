@@ -46,7 +46,7 @@ from tinystories.attention import ATTENTION
 from tinystories.cli import cli_main
 from tinystories.data import collate, tokenize_batch
 from tinystories.model import TinyStoriesLM
-from tinystories.precision import pick
+from tinystories.precision import cpu_class, pick
 from tinystories.sources import load_split
 from tinystories.tokenizer import load_tokenizer, token_bytes
 from throughput import SEED, recipe_model  # the recipe's model at seed 3407: every arm's initial weights
@@ -360,7 +360,7 @@ def main() -> None:
     plot({"(a) recipe": a, "(b) port": b, **({"(b2) port, bf16-mixed": b2} if b2 else {}), "(c) fast": c},
          a["loss"], out / "curves.png",
          f"19.5M LLaMA, {len(train):,} TinyStories stories, held-out loss on {held_out.stories} stories; "
-         f"{os.cpu_count()}-core CPU, {torch.get_num_threads()} threads")
+         f"{os.cpu_count()}-core CPU ({cpu_class()}), {torch.get_num_threads()} threads")
     print(f"wrote {out / 'curves.json'}, {out / 'curves.png'}, {out / 'fast.ckpt'}")
     print(f"fidelity={results['fidelity']:.4f}")
     if b2:

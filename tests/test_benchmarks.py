@@ -62,10 +62,14 @@ def test_recipe_smoke(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = proc.stdout
-    for arm in ("(a) recipe", "(b) port", "(c) fast"):
+    first = re.match(r"CPU class: (.+); precision: (bf16-mixed|32-true) \(CPU .*\)\n", text)
+    assert first, text[:500]  # the class and the precision null picks, on the first line
+    shipped = first[2] == "bf16-mixed"  # then the port runs a second time, as shipped, with a fidelity of its own
+    for arm in ("(a) recipe", "(b) port", *(["(b2) port as shipped"] if shipped else []), "(c) fast"):
         assert re.search(re.escape(arm) + r".*\n    [\d,]+ real tokens, \d+ steps, [\d.]+ s training wall time .*"
                          r"[\d,]+ real tokens/s, final held-out loss \d+\.\d{4}", text), text
     fidelity = float(re.search(r"^fidelity=(\d+\.\d+)$", text, re.M)[1])
+    assert bool(re.search(r"^fidelity_bf16=\d+\.\d+$", text, re.M)) == shipped, text
     time_ratio = float(re.search(r"^time_ratio=(\d+\.\d+)$", text, re.M)[1])
     curves = json.loads((out / "curves.json").read_text())
     a, b, c = (curves["runs"][k] for k in "abc")

@@ -113,3 +113,28 @@ def test_fit_prints_and_logs_the_pick_and_the_saved_config_keeps_null(tmp_path, 
     assert last["precision"] == "32-true"  # each checkpoint records what it was trained in (hparams.yaml: the first)
     validated = cli_main(["validate", "--config", str(run / "config.yaml"), "--ckpt_path", "last"])
     assert validated.trainer.precision == "32-true"
+
+
+def test_muon_orthogonalizes_in_bf16_only_where_bf16_is_fast(cpu, monkeypatch):
+    """Muon's Newton-Schulz products run in bf16 as torch's do, but in fp32 where bf16 is slow: with oneDNN at AVX2
+    they made the demo's fp32 step about 4x slower (docs/performance.md, "CPU classes")."""
+    from tests.conftest import tiny_model
+    from tinystories import gpu
+    from tinystories.optim import Optimization, configure, newton_schulz
+
+    def ns_dtype(device):
+        optimizer, _ = configure(tiny_model().model.named_parameters(), Optimization(optimizer="muon"), 10, device)
+        return optimizer.muon.ns_dtype
+
+    cpu(AMX_CPU)
+    assert precision.bf16_is_fast("cpu") and ns_dtype("cpu") == torch.bfloat16
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not precision.bf16_is_fast("cpu") and ns_dtype("cpu") == torch.float32
+    for cap, fast in (((9, 0), True), ((7, 5), False), (None, False)):
+        monkeypatch.setattr(gpu, "capability", lambda: cap)
+        assert precision.bf16_is_fast("cuda") is fast
+    update = torch.randn(3, 16, 48, generator=torch.Generator().manual_seed(0))
+    coefficients = (3.4445, -4.775, 2.0315)
+    fp32, bf16 = (newton_schulz(update, coefficients, 5, 1e-7, dtype) for dtype in (torch.float32, torch.bfloat16))
+    assert fp32.dtype == torch.float32
+    torch.testing.assert_close(bf16.float(), fp32, atol=0.05, rtol=0.05)  # the same update, to bf16's rounding

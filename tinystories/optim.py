@@ -19,6 +19,7 @@ from torch.optim._muon import _adjust_lr
 from transformers import get_cosine_schedule_with_warmup, get_wsd_schedule
 
 from tinystories.errors import UserError
+from tinystories.precision import bf16_is_fast
 
 
 @dataclass
@@ -93,7 +94,8 @@ def configure(named_params: Iterable[tuple[str, torch.Tensor]], options: Optimiz
         optimizer = MuonWithAdamW(named, lr=options.learning_rate,
                                   muon_lr=options.muon_learning_rate or options.learning_rate, betas=options.betas,
                                   weight_decay=options.weight_decay, embedding_lr=options.embedding_learning_rate,
-                                  muon_weight_decay=options.muon_weight_decay, fused=fused)
+                                  muon_weight_decay=options.muon_weight_decay, fused=fused,
+                                  ns_dtype=torch.bfloat16 if bf16_is_fast(device) else torch.float32)
     else:
         # One unnamed group logs as `lr`; with an embedding rate, `lr/embedding` and `lr/adamw`.
         params = ([p for _, p in named] if options.embedding_learning_rate is None
@@ -155,12 +157,17 @@ def clocked(factor: Callable[[int], float], total: int, time_progress: Callable[
 
 
 class BatchedMuon(torch.optim.Muon):
-    """`torch.optim.Muon`, the same update and state, with the Newton-Schulz iterations batched by matrix shape.
+    """`torch.optim.Muon`, the same update and state, with the Newton-Schulz iterations batched by matrix shape, in
+    `ns_dtype`: bf16 as torch's (the default), or fp32 where bf16 products are slow (`configure` decides).
 
     torch's Muon orthogonalizes one matrix at a time: 15 small products per matrix, 420 a step for the demo's 28
     matrices, each too small to keep a CPU busy. Stacking the matrices of one shape (a tall one transposed, as torch
     does) makes that 15 batched products per shape: 56 against 22 ms a step on the demo's matrices (2-core CPU).
     """
+
+    def __init__(self, params, ns_dtype: torch.dtype = torch.bfloat16, **options):
+        super().__init__(params, **options)
+        self.ns_dtype = ns_dtype
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -180,7 +187,7 @@ class BatchedMuon(torch.optim.Muon):
                 by_shape[wide.shape].append((i, wide))
             for members in by_shape.values():
                 ortho = newton_schulz(torch.stack([wide for _, wide in members]), group["ns_coefficients"],
-                                      group["ns_steps"], group["eps"])
+                                      group["ns_steps"], group["eps"], self.ns_dtype)
                 for (i, _), o in zip(members, ortho):
                     param = params[i]
                     param.mul_(1 - lr * weight_decay)
@@ -190,10 +197,11 @@ class BatchedMuon(torch.optim.Muon):
 
 
 def newton_schulz(updates: torch.Tensor, coefficients: tuple[float, float, float], steps: int,
-                  eps: float) -> torch.Tensor:
-    """torch.optim.Muon's quintic Newton-Schulz iteration on a stack of wide matrices (batch, rows <= cols), in bf16."""
+                  eps: float, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """torch.optim.Muon's quintic Newton-Schulz iteration on a stack of wide matrices (batch, rows <= cols), in `dtype`
+    (torch's: bf16)."""
     a, b, c = coefficients
-    x = updates.bfloat16()
+    x = updates.to(dtype)
     x = x / torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True).clamp(min=eps)
     for _ in range(steps):
         gram = x @ x.mT
@@ -217,11 +225,12 @@ def adamw_groups(named_params: Iterable[tuple[str, torch.Tensor]], embedding_lr:
 class MuonWithAdamW(torch.optim.Optimizer):
     def __init__(self, named_params: Iterable[tuple[str, torch.Tensor]], lr: float, muon_lr: float,
                  betas: tuple[float, float], weight_decay: float, embedding_lr: Optional[float] = None,
-                 fused: Optional[bool] = None, muon_weight_decay: Optional[float] = None):
+                 fused: Optional[bool] = None, muon_weight_decay: Optional[float] = None,
+                 ns_dtype: torch.dtype = torch.bfloat16):
         named = [(n, p) for n, p in named_params if p.requires_grad]
         # Group names label the learning rates in TensorBoard: lr/muon and lr/adamw.
         self.muon = BatchedMuon([{"params": [p for n, p in named if is_hidden_matrix(n, p)], "name": "muon"}],
-                                lr=muon_lr, adjust_lr_fn="match_rms_adamw",
+                                ns_dtype=ns_dtype, lr=muon_lr, adjust_lr_fn="match_rms_adamw",
                                 weight_decay=weight_decay if muon_weight_decay is None else muon_weight_decay)
         self.adamw = torch.optim.AdamW(adamw_groups([(n, p) for n, p in named if not is_hidden_matrix(n, p)],
                                                     embedding_lr), lr=lr, betas=betas, weight_decay=weight_decay,

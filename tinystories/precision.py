@@ -8,7 +8,7 @@ On a CPU, bf16 matrix products are fast on AMX tiles (Intel Xeon from Sapphire R
 without bf16 instructions: oneDNN converts around its fp32 kernels (AVX-512) or falls back to a reference kernel
 (AVX2: 20 to 40 times slower than fp32). Between the two, AVX-512 bf16 without AMX, it depends on the core: 2x faster
 training steps on an AMD EPYC (Zen 5), 0.78x on a Xeon VM whose hypervisor hides AMX. There a short probe decides:
-one SwiGLU block of the model's width, forward and backward, timed in fp32 and under bf16 autocast (about 0.4 s), its
+one SwiGLU block of the model's width, forward and backward, timed in fp32 and under bf16 autocast (under a second), its
 result cached per machine and setting in the cache folder (docs/performance.md, "CPU classes"). Everything follows
 what oneDNN will use: `ONEDNN_MAX_CPU_ISA` (or `DNNL_MAX_CPU_ISA`) below a level hides it from oneDNN, as a VM's
 hypervisor hides AMX.
@@ -29,8 +29,6 @@ from tinystories import gpu
 ISA_ORDER = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
              "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_1_512_AMX", "AVX512_CORE_AMX",
              "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2")
-
-
 FAST_ENOUGH = 1.5  # bf16-mixed only where the probe's bf16 block is at least this much faster than fp32
 PROBE_ROWS = 2048  # tokens in the probe's batch
 PROBE_FILE = "precision-probe.json"
@@ -92,6 +90,16 @@ def pick(accelerator: str, hidden_size: int = 256, intermediate_size: Optional[i
     if speedup >= FAST_ENOUGH:
         return Pick("bf16-mixed", f"CPU with AVX-512 bf16, no AMX{limited}: {measured}")
     return Pick("32-true", f"CPU without AMX{limited}: bf16 is slower here ({measured})")
+
+
+def bf16_is_fast(device: torch.device | str) -> bool:
+    """Whether bf16 matrix products are fast on `device`, for work that picks its own dtype (Muon's Newton-Schulz
+    iterations): a CUDA GPU from sm80, a CPU where `pick` chooses bf16-mixed. Elsewhere bf16 products are emulated,
+    converted or run by a reference kernel (oneDNN at AVX2: about 4x the demo's whole fp32 step)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return (cap := gpu.capability()) is not None and cap >= gpu.NATIVE_BF16
+    return device.type == "cpu" and pick("cpu").precision == "bf16-mixed"
 
 
 def probe(hidden_size: int, intermediate_size: int, rounds: int = 7) -> float:
