@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
-from lightning.pytorch.utilities import GradClipAlgorithmType
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_warn
 from torchmetrics import SumMetric
 from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -84,7 +84,9 @@ def pick(accelerator: str, hidden_size: int = 256, intermediate_size: Optional[i
         return Pick("bf16-mixed", f"CPU with AMX{limited}: bf16 matrix units")
     if kind != "AVX-512 bf16, no AMX":
         return Pick("32-true", f"CPU without bf16 instructions ({kind}{limited}): bf16 is slower here")
-    intermediate_size = intermediate_size or 128 * -(-8 * hidden_size // 3 // 128)
+    from tinystories.model import mlp_size  # here: model imports optim, which imports this module
+
+    intermediate_size = intermediate_size or mlp_size(hidden_size)
     speedup = cached_probe(hidden_size, intermediate_size)
     measured = f"a bf16 block measured {speedup:.2f}x fp32's speed"
     if speedup >= FAST_ENOUGH:
