@@ -86,3 +86,25 @@ def test_recipe_smoke(tmp_path):
     again = subprocess.run([sys.executable, "benchmarks/recipe.py", "--smoke", "--out", str(out)], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=600)
     assert again.returncode != 0 and "is not empty" in again.stderr + again.stdout  # nothing is overwritten
+
+
+@pytest.mark.slow
+@needs_shared
+def test_gguf_parity_quick_check(tmp_path):
+    """`benchmarks/gguf_parity.py` at its quick-check size: both models, every tensor type, both speed tables."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "HF_DATASETS_CACHE": str(tmp_path / "hf-datasets")}
+    proc = subprocess.run([sys.executable, "benchmarks/gguf_parity.py", "--demo_steps", "20", "--recipe_steps", "2",
+                           "--stories", "50", "--prompts", "4", "--new_tokens", "16", "--rounds", "1", "--out", str(tmp_path / "out")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = proc.stdout
+    assert re.match(r"CPU class: .+; precision: (bf16-mixed|32-true) ", text), text[:300]
+    for name in ("demo", "recipe"):
+        assert f"{name}: " in text and "tokenization: 50 of 50 stories to the same ids" in text
+    rows = re.findall(r"^  (f32 exact|f32|f16|bf16|q8_0) +([\d.]+) +(\d+) +(\d+) +(\d+) +(\d+) +([\d.]+)$", text, re.M)
+    assert [r[0] for r in rows] == ["f32 exact", "f32", "f16", "bf16", "q8_0"] * 2, text
+    for row in rows:
+        assert int(row[2]) + int(row[3]) + int(row[4]) == 4
+    assert rows[0][2] == rows[5][2] == "4"  # exact f32: every prompt the same
+    assert len(re.findall(r"^ratio=\d+\.\d+ ", text, re.M)) == 2, text

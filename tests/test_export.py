@@ -215,7 +215,7 @@ def test_an_exported_folder_is_pushed_as_it_is_with_its_card_named_for_the_hub(e
     assert {p.name: p.read_bytes() for p in exported.iterdir()} == before  # the folder on disk is unchanged
     assert f"Uploaded {exported} to https://huggingface.co/me/tinystories-demo" in capsys.readouterr().out
     for extra, expected in [
-        ([], "an exported folder already; give --push_to_hub USER/NAME to upload it"),
+        ([], "an exported folder already; give --gguf to add a GGUF file, --push_to_hub USER/NAME to upload"),
         (["--push_to_hub", "me/x", "--out_dir", str(tmp_path / "copy")], "leave out --out_dir"),
     ]:
         with pytest.raises(SystemExit, match=expected):

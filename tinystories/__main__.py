@@ -27,7 +27,8 @@ SUMMARY = {
     "tokenizer": "train a byte-level BPE tokenizer on a data source",
     "generate": "write stories from a checkpoint or an exported folder",
     "evaluate": "complete the TinyStories paper's 44 story beginnings, grade them (LLM judge optional), report",
-    "export": "write a checkpoint as a Hugging Face model folder with a model card; upload it, or one exported before",
+    "export": "write a checkpoint as a Hugging Face model folder with a model card (--gguf: and a GGUF for llama.cpp "
+              "and Ollama); upload it, or one exported before",
 }
 
 # jsonargparse keeps the last of a repeated option (lists grow with `--name+=VALUE`); these may be repeated.
@@ -35,7 +36,7 @@ REPEATABLE = ("--prompt",)
 # Options that take several values in a row: `--compare eval/a eval/b`.
 SEVERAL = ("--compare",)
 # Boolean options that may stand alone as flags: `--instruct` means `--instruct true`.
-FLAGS = ("--instruct",)
+FLAGS = ("--instruct", "--gguf", "--overwrite")
 
 
 def usage() -> str:

@@ -106,13 +106,16 @@ def model_of(checkpoint: dict) -> PreTrainedModel:
 
 def tokenizer_of(checkpoint: dict, path: Path, option: str = "--ckpt_path") -> PreTrainedTokenizerBase:
     """The tokenizer every checkpoint carries (`TinyStoriesData.state_dict`), so it needs no other file."""
-    files = (checkpoint.get("TinyStoriesData") or {}).get("tokenizer_files")
+    data = checkpoint.get("TinyStoriesData") or {}
+    files = data.get("tokenizer_files")
     if not files:
         raise UserError(f"{option} {path}: holds no tokenizer; give a checkpoint written by fit")
     with tempfile.TemporaryDirectory() as tmp:
         for name, text in files.items():
             (Path(tmp) / name).write_text(text, encoding="utf-8")
-        return load_tokenizer(tmp)
+        if data.get("tokenizer_model"):
+            (Path(tmp) / "tokenizer.model").write_bytes(data["tokenizer_model"])
+        return load_tokenizer(tmp)  # reads tokenizer.model into `sentencepiece_model` while it is there
 
 
 def architecture_of(path: Path, option: str) -> dict:

@@ -270,6 +270,8 @@ class TinyStoriesData(LightningDataModule):
 
     def state_dict(self) -> dict:
         state = {"tokenizer_files": self.tokenizer_files}
+        if getattr(self.tokenizer, "sentencepiece_model", None):  # LLaMA-2's tokenizer.model, 500 kB: for GGUF
+            state["tokenizer_model"] = self.tokenizer.sentencepiece_model
         if self.train_sampler is not None and self.trainer is not None:
             # Batches of this epoch the trainer has finished (optimizer step included), not what the loader has
             # handed out: it runs ahead by Lightning's prefetch and by its workers'.
@@ -284,8 +286,8 @@ class TinyStoriesData(LightningDataModule):
         AdamW state in a checkpoint of the 19.5M model).
 
         Lightning stores this under `checkpoint["TinyStoriesData"]`; `generate` and `export` rebuild the tokenizer
-        from it, as the folder it came from may be a cache that is gone. Binary files (a SentencePiece
-        `tokenizer.model`) are left out: the fast tokenizer needs only `tokenizer.json` and its config.
+        from it, as the folder it came from may be a cache that is gone. A SentencePiece `tokenizer.model` (binary)
+        is saved beside it as `tokenizer_model`: the fast tokenizer does not need it, GGUF export does.
         """
         with tempfile.TemporaryDirectory() as tmp:
             self.tokenizer.save_pretrained(tmp)

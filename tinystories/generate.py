@@ -47,8 +47,8 @@ def sample_stories(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, p
                    batch_size: int = 8) -> list[dict]:
     """Continue each prompt `num_return_sequences` times, in prompt order.
 
-    Returns one dict per story: `prompt`, `completion` (the new text), `new_tokens` (EOS included) and `eos` (whether
-    it ended at EOS rather than at `max_new_tokens`). With a seed the caller's random state is left as it was.
+    Returns one dict per story: `prompt`, `completion` (the new text), `ids` (its tokens), `new_tokens` (EOS
+    included) and `eos` (whether it ended at EOS rather than at `max_new_tokens`). With a seed the caller's random state is left as it was.
     """
     config = generation_config(tokenizer, max_new_tokens, do_sample, temperature, top_k, top_p, num_return_sequences)
     device = next(model.parameters()).device
@@ -66,7 +66,7 @@ def sample_stories(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, p
             for row, ids in enumerate(out[:, width:].tolist()):
                 ids, eos = until_eos(ids, tokenizer.eos_token_id)
                 stories.append({"prompt": chunk[row // num_return_sequences], "new_tokens": len(ids), "eos": eos,
-                                "completion": tokenizer.decode(ids, skip_special_tokens=True)})
+                                "completion": tokenizer.decode(ids, skip_special_tokens=True), "ids": ids})
     return stories
 
 
@@ -202,5 +202,6 @@ def main(
                       num_return_sequences=num_return_sequences, seed=seed, ckpt_path=str(ckpt_path))
         with open(output, "x", encoding="utf-8") as f:
             for story in stories:
-                f.write(json.dumps({**story, "settings": record}, ensure_ascii=False) + "\n")
+                f.write(json.dumps({**{k: v for k, v in story.items() if k != "ids"}, "settings": record},
+                                   ensure_ascii=False) + "\n")
         print(f"Wrote {len(stories)} {'story' if len(stories) == 1 else 'stories'} to {output}")

@@ -57,7 +57,18 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
         print(f"data.tokenizer {name_or_path}: no pad token; padding with its unk token {tokenizer.unk_token!r}")
         tokenizer.pad_token = tokenizer.unk_token
     tokenizer.padding_side = "left"
+    tokenizer.sentencepiece_model = sentencepiece_model(tokenizer)
     return tokenizer
+
+
+def sentencepiece_model(tokenizer: PreTrainedTokenizerBase) -> Optional[bytes]:
+    """The SentencePiece `tokenizer.model` a tokenizer was loaded with (LLaMA-2's), or None. The fast tokenizer does
+    not need it, but other tools rebuild the tokenizer from it: llama.cpp's converter, and our GGUF export, take the
+    merge scores from it (tokenizer.json has none)."""
+    path = tokenizer.init_kwargs.get("vocab_file")
+    if path and Path(path).name == "tokenizer.model" and Path(path).is_file():
+        return Path(path).read_bytes()
+    return None
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: Path) -> PreTrainedTokenizerFast:
