@@ -93,6 +93,8 @@ def folder_with(tmp_path, name: str, content: bytes):
      "nonfinite_loss.max_skips_in_a_row is 0"),
     ("max_time not DD:HH:MM:SS", lambda t, tok: fit(t, tok, "--trainer.max_time", "30:00"),
      "--trainer.max_time '30:00': give DD:HH:MM:SS"),
+    ("no end to the run", lambda t, tok: fit(t, tok, "--trainer.max_steps", "-1", "--trainer.max_epochs", "-1"),
+     "--trainer.max_steps -1 with --trainer.max_epochs -1: the learning-rate schedule needs the run's length"),
 ])
 def test_bad_input_is_one_line(case, make_args, expected, tmp_path, tiny_tokenizer_dir, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -65,6 +65,10 @@ def before_fit(cli, config: dict) -> None:
         config: The fit arguments (`ckpt_path` already resolved from `last`), changed in place.
     """
     trainer = cli.trainer
+    if trainer.max_steps == -1 and trainer.max_epochs == -1:  # Lightning would train until stopped
+        raise UserError("--trainer.max_steps -1 with --trainer.max_epochs -1: the learning-rate schedule needs the "
+                        "run's length; set trainer.max_steps (with model.optimization.schedule_by_max_time, "
+                        "trainer.max_time may end the run sooner) or trainer.max_epochs")
     folders = {"--trainer.default_root_dir": trainer.default_root_dir}
     if trainer.logger is not None and trainer.logger.root_dir:
         folders["--trainer.logger (save_dir)"] = trainer.logger.root_dir
