@@ -106,9 +106,9 @@ def greedy_parity(model, tokenizer, cpp: LlamaCpp, prompts: list[str], n: int = 
         if theirs == ours:
             result.same += 1
             continue
-        at = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b) if len(theirs) == len(ours) else min(
-            len(ours), len(theirs))
-        if at >= min(len(ours), len(theirs)):  # one stopped at EOS earlier: compare the EOS logit
+        common = min(len(ours), len(theirs))
+        at = next((i for i in range(common) if ours[i] != theirs[i]), common)
+        if at == common:  # equal as far as both go, but one stopped (at EOS) before the other
             result.differ.append((prompt, at, math.inf))
             continue
         logits = logits_at(model, ids + ours[:at])

@@ -14,13 +14,13 @@ my-model`. `--gguf` adds `<folder name>.gguf` for llama.cpp, Ollama and LM Studi
 name, which name the hub repository in the upload (the folder on disk is not changed).
 """
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Literal, Optional
 
 from tinystories import checkpoint as ckpt
+from tinystories.atomic import UMASK
 from tinystories.card import SAMPLING, model_card
 from tinystories.checks import writable
 from tinystories.errors import UserError
@@ -98,13 +98,12 @@ def sentencepiece_source(checkpoint: dict) -> Optional[bytes]:
     .ckpt, or a hub name in the hub cache or downloaded)."""
     source = str((checkpoint.get("datamodule_hyper_parameters") or {}).get("tokenizer") or "")
     path = Path(source).expanduser()
-    if not source:
+    if not source or path.suffix == ".ckpt" and not path.is_file():
         return None
     if path.is_dir():
         return (path / "tokenizer.model").read_bytes() if (path / "tokenizer.model").is_file() else None
     if path.suffix == ".ckpt":
-        return (ckpt.read(path, "data.tokenizer", mmap=True).get("TinyStoriesData") or {}).get("tokenizer_model") \
-            if path.is_file() else None
+        return (ckpt.read(path, "data.tokenizer", mmap=True).get("TinyStoriesData") or {}).get("tokenizer_model")
     try:
         from huggingface_hub import hf_hub_download
 
@@ -139,10 +138,8 @@ def write_folder(checkpoint: dict, ckpt_path: Path, out_dir: Path, name: str, ma
             (tmp / "Modelfile").write_text(modelfile(gguf_file, tmp), encoding="utf-8")
         (tmp / "README.md").write_text(model_card(checkpoint, model, tokenizer, name, gguf_file, gguf_type),
                                        encoding="utf-8")
-        umask = os.umask(0)
-        os.umask(umask)
         for path in (tmp, *tmp.iterdir()):  # mkdtemp makes the folder private (0700); a model is to be shared
-            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~UMASK)
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked before
         tmp.rename(out_dir)
@@ -154,10 +151,6 @@ def write_folder(checkpoint: dict, ckpt_path: Path, out_dir: Path, name: str, ma
 
 def gguf_into(folder: Path, gguf_type: str, overwrite: bool) -> None:
     """Add `<folder>.gguf` and a Modelfile to a folder exported before; existing ones only with --overwrite."""
-    missing = [n for n in ("config.json", "model.safetensors", "tokenizer.json") if not (folder / n).is_file()]
-    if missing:
-        raise UserError(f"--ckpt_path {folder}: no {' or '.join(missing)}; give a folder written by export, or a "
-                        ".ckpt with --out_dir")
     gguf_file = f"{folder.resolve().name}.gguf"
     taken = [n for n in (gguf_file, "Modelfile") if (folder / n).exists()]
     if taken and not overwrite:
@@ -179,7 +172,8 @@ def from_folder(folder: Path, out_dir: Optional[Path], repo_id: Optional[str], p
     if not repo_id and not gguf_type:
         raise UserError(f"--ckpt_path {folder}: an exported folder already; give --gguf to add a GGUF file, "
                         "--push_to_hub USER/NAME to upload it, or a .ckpt with --out_dir to export one")
-    missing = [name for name in ("config.json", "model.safetensors") if not (folder / name).is_file()]
+    needed = ("config.json", "model.safetensors") + (("tokenizer.json",) if gguf_type else ())
+    missing = [name for name in needed if not (folder / name).is_file()]
     if missing:
         raise UserError(f"--ckpt_path {folder}: no {' or '.join(missing)}; give a folder written by export, or a "
                         ".ckpt with --out_dir")

@@ -48,7 +48,8 @@ def sample_stories(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, p
     """Continue each prompt `num_return_sequences` times, in prompt order.
 
     Returns one dict per story: `prompt`, `completion` (the new text), `ids` (its tokens), `new_tokens` (EOS
-    included) and `eos` (whether it ended at EOS rather than at `max_new_tokens`). With a seed the caller's random state is left as it was.
+    included) and `eos` (whether it ended at EOS rather than at `max_new_tokens`). With a seed the caller's random
+    state is left as it was.
     """
     config = generation_config(tokenizer, max_new_tokens, do_sample, temperature, top_k, top_p, num_return_sequences)
     device = next(model.parameters()).device

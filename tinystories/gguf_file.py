@@ -28,6 +28,7 @@ from typing import Optional
 
 import numpy as np
 
+from tinystories.atomic import UMASK
 from tinystories.errors import UserError
 
 TENSOR_TYPES = ("f32", "f16", "bf16", "q8_0")
@@ -232,7 +233,7 @@ def add_model_keys(writer, config: dict, name: str, tensor_type: str, settings: 
 
 def write_gguf(folder: Path, path: Path, tensor_type: str = "f16", name: Optional[str] = None, label=None,
                advice: Optional[str] = None) -> None:
-    """Write `folder` (an export) as the GGUF file `path`: to a temporary file beside it, renamed when whole.
+    """Write `folder` (an export) as the GGUF file `path`, whole or not at all.
     Errors name `label` (default: the folder) and give `advice` where a SentencePiece model is missing."""
     import gguf
 
@@ -245,7 +246,8 @@ def write_gguf(folder: Path, path: Path, tensor_type: str = "f16", name: Optiona
     vocab = vocabulary(folder, label, advice)
     if len(vocab.tokens) > config["vocab_size"]:
         raise fail(label, f"has {len(vocab.tokens):,} tokens for a model of vocab_size {config['vocab_size']:,}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    # As `atomic_write`, but GGUFWriter opens the file itself: a temporary name beside `path`, renamed when whole.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
@@ -256,17 +258,11 @@ def write_gguf(folder: Path, path: Path, tensor_type: str = "f16", name: Optiona
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.chmod(tmp, 0o666 & ~current_umask())
+        os.chmod(tmp, 0o666 & ~UMASK)  # as open() would make it: mkstemp's files are private (0600)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def current_umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
 
 
 def special_token(folder: Path, key: str) -> Optional[str]:
